@@ -94,7 +94,25 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL (None: api.openai.com).")
     openai_api_key: SecretStr | None = None
     embedding_model: str = "text-embedding-3-small"
-    embedding_dimensions: int | None = None
+    embedding_dimensions: int | None = Field(
+        None, ge=1, description="Dimensions asked of the OpenAI model (None: the model's own, learned)."
+    )
+    embedding_timeout: float = Field(60.0, gt=0, description="Seconds one embeddings request may take.")
+    embedding_max_retries: int = Field(
+        6, ge=0, description="Retries of an embeddings request answered 408/409/429/5xx or not answered."
+    )
+    embedding_retry_max_wait: float = Field(
+        60.0, gt=0, description="Longest pause between two embeddings retries, Retry-After included."
+    )
+    embedding_max_inputs: int = Field(2048, ge=1, description="Most texts in one embeddings request.")
+    embedding_max_request_tokens: int = Field(
+        300_000, ge=1, description="Most (estimated) tokens in one embeddings request."
+    )
+    embedding_max_input_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Longest text in (estimated) tokens; longer ones are truncated, with a warning.",
+    )
     chat_model: str = "gpt-4o-mini"
 
     # --- API, Flower ------------------------------------------------------------------------------

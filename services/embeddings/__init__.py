@@ -1,0 +1,58 @@
+"""Embeddings: texts in, unit-length float32 vectors out, always in batches.
+
+``EMBEDDINGS=local`` (default) uses the offline ``tokenlearn-static-model`` (64 dimensions, no network);
+``EMBEDDINGS=openai`` uses any OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
+``EMBEDDING_MODEL``, ``EMBEDDING_DIMENSIONS``).
+
+    from services.embeddings import get_embedder
+    vectors = get_embedder().embed_array(["send invoice reminders", "onboard a new hire"])
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from config import get_settings
+from services.embeddings.base import Embedder, FloatMatrix
+
+__all__ = ["Embedder", "FloatMatrix", "get_embedder", "reset_embedder"]
+
+_lock = threading.Lock()
+_cached: tuple[int, Embedder] | None = None
+
+
+def _build() -> Embedder:
+    settings = get_settings()
+    if settings.embeddings == "openai":
+        from services.embeddings.openai_backend import OpenAIEmbedder
+
+        return OpenAIEmbedder.from_settings(settings)
+    from services.embeddings.local import LocalEmbedder
+
+    return LocalEmbedder()
+
+
+def get_embedder() -> Embedder:
+    """The process's embedder, chosen by ``settings.embeddings`` and built on first call.
+
+    The instance is tied to the process that built it: a forked worker child builds its own, so no HTTP
+    connection pool is shared across processes. Raises :class:`~services.errors.ConfigurationError` when the
+    chosen backend cannot be configured (e.g. ``openai`` without a key or base URL).
+    """
+    global _cached  # noqa: PLW0603 - the per-process cache is this module's one piece of state
+    pid = os.getpid()
+    cached = _cached
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    with _lock:
+        if _cached is None or _cached[0] != pid:
+            _cached = (pid, _build())
+        return _cached[1]
+
+
+def reset_embedder() -> None:
+    """Forget the cached embedder; the next :func:`get_embedder` reads the settings again (tests, CLI)."""
+    global _cached  # noqa: PLW0603 - see get_embedder
+    with _lock:
+        _cached = None
