@@ -1,0 +1,98 @@
+"""Every Celery setting, derived from :mod:`config.settings`: queues, routes, acks, limits.
+
+``tasks.app`` loads this module with ``config_from_object("celeryconfig")``; producers that need none of
+the worker code build their own light app from :func:`build` (see ``services.message_queue``).
+Routes are declared here once: a task named ``<queue>.<something>`` runs on ``<queue>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from config import QUEUES, Settings, get_settings
+
+#: Broker-side priorities, 0-9 on every broker. Producers speak "higher runs first" and map to these.
+PRIORITY_LEVELS = 10
+
+
+def broker_is_redis(broker_url: str) -> bool:
+    return urlparse(broker_url).scheme in {"redis", "rediss", "redis+socket"}
+
+
+def broker_priority(priority: int, broker_url: str) -> int:
+    """Map our priority (0 lowest .. 9 highest) to the broker's own convention.
+
+    RabbitMQ runs higher numbers first; kombu's Redis transport pops the lowest number first.
+    """
+    return (PRIORITY_LEVELS - 1 - priority) if broker_is_redis(broker_url) else priority
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for ``settings``, as a dict for ``app.conf.update``."""
+    broker_url = settings.effective_broker_url
+    exchange = Exchange("tasks", type="direct")
+    queues = tuple(
+        KombuQueue(
+            name,
+            exchange,
+            routing_key=name,
+            # Honoured by RabbitMQ; the Redis transport emulates priorities with one list per level.
+            queue_arguments={"x-max-priority": PRIORITY_LEVELS - 1},
+        )
+        for name in QUEUES
+    )
+    return {
+        "broker_url": broker_url,
+        "result_backend": settings.effective_result_backend,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Longer than the longest time a message may legitimately stay unacknowledged.
+            "visibility_timeout": settings.visibility_timeout,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(PRIORITY_LEVELS)),
+        },
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # JSON only: a pickled message is refused by the worker, never executed.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "timezone": "UTC",
+        "enable_utc": True,
+        # At least once: ack after the task ran, requeue when the worker process dies mid-task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "result_expires": settings.result_expires,
+        "result_extended": True,
+        "task_track_started": True,
+        # Flower needs task events from workers and "sent" events from producers.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": queues,
+        "task_default_queue": "workflow_execution",
+        "task_default_exchange": exchange.name,
+        "task_default_routing_key": "workflow_execution",
+        "task_create_missing_queues": False,
+        "task_routes": {f"{name}.*": {"queue": name, "routing_key": name} for name in QUEUES},
+        # Messages sent without a priority (canvas, retries) rank as our lowest, not the broker's highest.
+        "task_default_priority": broker_priority(0, broker_url),
+        "task_queue_max_priority": PRIORITY_LEVELS - 1,
+        "worker_concurrency": settings.worker_concurrency,
+        "worker_hijack_root_logger": False,
+        "worker_log_format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+        "worker_task_log_format": (
+            "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
+        ),
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    }
+
+
+globals().update(build(get_settings()))

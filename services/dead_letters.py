@@ -1,0 +1,99 @@
+"""The dead-letter store: messages that failed permanently, ran out of retries, or kept killing workers.
+
+A failing task publishes its record to the ``dead_letter`` queue (through the broker, like any message);
+the ``dead_letter.store`` task consumes it and keeps it here, in Redis, until it is replayed or purged.
+Records are keyed by the original message id, so a redelivered dead letter is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import redis
+
+from services.errors import NotFound
+
+ITEMS = "wft:dlq:items"
+INDEX = "wft:dlq:index"
+COUNTS = "wft:dlq:counts"
+
+# Add a record only once, and keep the per-queue count in step with the records.
+_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  return 1
+end
+return 0
+"""
+_REMOVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
+return 1
+"""
+
+DeadLetter = dict[str, Any]
+
+
+class DeadLetterStore:
+    """Dead letters kept in Redis: a hash of records, a time index and a count per original queue."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._add = client.register_script(_ADD)
+        self._remove = client.register_script(_REMOVE)
+
+    def add(self, record: DeadLetter) -> bool:
+        """Keep ``record`` (which has ``id``, ``queue`` and ``dead_lettered_at``). False if already kept."""
+        added = self._add(
+            keys=[ITEMS, INDEX, COUNTS],
+            args=[record["id"], json.dumps(record), float(record["dead_lettered_at"]), record["queue"]],
+        )
+        return bool(added)
+
+    def get(self, message_id: str) -> DeadLetter:
+        raw = cast("bytes | None", self.client.hget(ITEMS, message_id))
+        if raw is None:
+            raise NotFound(f"no dead letter with id {message_id!r}")
+        return cast("DeadLetter", json.loads(raw))
+
+    def contains(self, message_id: str) -> bool:
+        return bool(self.client.hexists(ITEMS, message_id))
+
+    def list(self, queue: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Newest first, optionally only those from ``queue``."""
+        records: list[DeadLetter] = []
+        start = 0
+        page = max(limit + offset, 100)
+        skipped = 0
+        while len(records) < limit:
+            ids = cast("list[bytes]", self.client.zrevrange(INDEX, start, start + page - 1))
+            if not ids:
+                break
+            start += page
+            for raw in cast("list[bytes | None]", self.client.hmget(ITEMS, ids)):
+                if raw is None:
+                    continue
+                record = cast("DeadLetter", json.loads(raw))
+                if queue is not None and record.get("queue") != queue:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                records.append(record)
+                if len(records) == limit:
+                    break
+        return records
+
+    def remove(self, message_id: str) -> bool:
+        record = self.get(message_id)
+        return bool(self._remove(keys=[ITEMS, INDEX, COUNTS], args=[message_id, record["queue"]]))
+
+    def count(self, queue: str | None = None) -> int:
+        if queue is None:
+            return int(self.client.zcard(INDEX))
+        return int(cast("bytes | None", self.client.hget(COUNTS, queue)) or 0)

@@ -1,0 +1,12 @@
+"""The Celery app: ``celery -A tasks.app worker``. Configured from :mod:`celeryconfig`; holds only the app."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery(
+    "wft",
+    task_cls="tasks.base:BaseTask",
+    include=["tasks.dead_letter"],
+)
+app.config_from_object("celeryconfig")

@@ -1,0 +1,111 @@
+"""The base class of every task: delivery counting, retries of transient errors, dead-lettering.
+
+Cross-cutting behaviour lives here once; task bodies stay thin (validate, call workflows/services, return
+JSON).
+
+- Each delivery of each attempt is counted in Redis before the body runs. Past ``MAX_DELIVERIES`` (the worker
+  process died every time: a poison message) the message is dead-lettered instead of run again.
+- :class:`~services.errors.TransientError` is retried with exponential backoff and jitter, up to
+  ``MAX_RETRIES``; any other exception fails at once.
+- Every final failure (permanent error, retries exhausted, unexpected error) is dead-lettered with the
+  original message, the error, the attempts and the times.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from celery.utils.log import get_task_logger
+
+from config import get_settings
+from config.queues import Queue
+from services import deliveries
+from services.errors import PermanentError, TransientError
+from services.redis_client import get_redis
+
+logger = get_task_logger(__name__)
+
+DEAD_LETTER_TASK = "dead_letter.store"
+
+
+class PoisonMessage(PermanentError):
+    """The message was delivered too many times without finishing (its worker died each time)."""
+
+
+class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
+    """Shared behaviour of all our tasks. Set per task: ``name`` (``<queue>.<action>``) and the body."""
+
+    autoretry_for = (TransientError,)
+    retry_backoff = 2
+    retry_backoff_max = get_settings().retry_backoff_max
+    retry_jitter = True
+    max_retries = get_settings().max_retries
+    #: Tasks whose failure must not produce another dead letter (the dead-letter consumer itself).
+    dead_letter_on_failure = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly or request.id is None:
+            return super().__call__(*args, **kwargs)
+        settings = get_settings()
+        delivered = deliveries.count_delivery(get_redis(), request.id, request.retries, settings.result_expires)
+        if delivered > settings.max_deliveries:
+            error = PoisonMessage(
+                f"delivered {delivered - 1} times without finishing: the worker process died each time "
+                f"(MAX_DELIVERIES={settings.max_deliveries})"
+            )
+            logger.error("dead-lettering poison message %s: %s", request.id, error)
+            self.backend.mark_as_failure(request.id, error, request=request)
+            self.dead_letter(error, reason="poison", kwargs=kwargs)
+            raise Ignore()
+        if delivered > 1:
+            logger.warning("message %s delivered again (delivery %d of attempt %d)", request.id, delivered, request.retries)
+        # The tracer has pushed this delivery's request already; run the body under it.
+        return self.run(*args, **kwargs)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if not self.dead_letter_on_failure:
+            return
+        if isinstance(exc, TransientError):
+            reason = "retries_exhausted"
+        elif isinstance(exc, PermanentError):
+            reason = "permanent"
+        else:
+            reason = "error"
+        self.dead_letter(exc, reason=reason, kwargs=kwargs)
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        logger.warning("retrying %s after transient error: %s", task_id, exc)
+
+    def dead_letter(self, exc: BaseException, reason: str, kwargs: Any) -> None:
+        """Publish this message's dead letter to the ``dead_letter`` queue."""
+        request = self.request
+        delivery = request.delivery_info or {}
+        queue = delivery.get("routing_key") or self.queue or Queue.WORKFLOW_EXECUTION.value
+        headers = request.headers or {}
+        now = time.time()
+        record = {
+            "id": request.id,
+            "task": self.name,
+            "queue": queue,
+            "kwargs": kwargs,
+            "priority": headers.get("wft_priority", 0) if isinstance(headers, dict) else 0,
+            "reason": reason,
+            "error": {"type": type(exc).__name__, "message": str(exc)},
+            "attempts": deliveries.attempts(get_redis(), request.id),
+            "retries": request.retries,
+            "worker": request.hostname,
+            "eta": str(request.eta) if request.eta else None,
+            "failed_at": now,
+            "dead_lettered_at": now,
+        }
+        logger.error("dead-lettering %s from %s (%s): %s", request.id, queue, reason, exc)
+        self.app.send_task(
+            DEAD_LETTER_TASK,
+            kwargs={"record": record},
+            queue=Queue.DEAD_LETTER.value,
+            routing_key=Queue.DEAD_LETTER.value,
+        )

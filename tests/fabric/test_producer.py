@@ -1,0 +1,120 @@
+"""The producer API without workers: validation at the edge, and nothing enqueued when it fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import redis
+
+from config.queues import WORK_QUEUES
+from services.errors import InvalidInput
+from services.message_queue import MessageQueue
+
+GOOD = {
+    "workflow_execution": {"workflow_id": "wf-1", "input_data": {"a": 1}, "priority": 5},
+    "indexing_tasks": {"action": "index_workflow", "workflow": {"id": "wf-1", "name": "Invoices"}},
+    "vector_tasks": {"action": "embed_workflow", "workflow": {"id": "wf-1", "name": "Invoices"}},
+    "analytics_tasks": {
+        "action": "update_workflow_stats",
+        "workflow_id": "wf-1",
+        "execution": {"id": "ex-1", "workflow_id": "wf-1", "status": "completed"},
+    },
+}
+
+
+def depths(mq: MessageQueue) -> dict[str, int]:
+    return {q.value: mq.queue_stats(q.value)["pending"] for q in WORK_QUEUES}
+
+
+@pytest.mark.parametrize(
+    ("queue", "payload", "expected"),
+    [
+        ("no_such_queue", {"workflow_id": "x"}, "unknown queue 'no_such_queue'"),
+        ("dead_letter", {"workflow_id": "x"}, "takes no new messages"),
+        ("workflow_execution", {"input_data": {}}, "payload.workflow_id: Field required"),
+        ("indexing_tasks", {"workflow": {"id": "w", "name": "n"}}, "payload.action is required"),
+        ("indexing_tasks", {"action": "drop_index"}, "unknown action 'drop_index' for queue 'indexing_tasks'"),
+        ("indexing_tasks", {"action": "index_workflow", "workflow": {"id": "w"}}, "payload.workflow.name"),
+        (
+            "workflow_execution",
+            {"workflow_id": "x", "input_data": {"when": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}},
+            "payload.input_data.when: a datetime is not JSON; send an ISO 8601 string",
+        ),
+        ("workflow_execution", {"workflow_id": "x", "input_data": {"s": {1, 2}}}, "payload.input_data.s: a set"),
+        ("workflow_execution", {"workflow_id": "x", "input_data": {"n": float("nan")}}, "not valid JSON"),
+        ("workflow_execution", {"workflow_id": "x", "input_data": {1: "a"}}, "JSON object keys are strings"),
+        ("workflow_execution", {"workflow_id": "x", "surprise": 1}, "payload.surprise: Extra inputs"),
+        ("workflow_execution", ["not", "a", "dict"], "payload must be a JSON object"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_enqueued(mq: MessageQueue, queue, payload, expected) -> None:
+    before = depths(mq)
+    with pytest.raises(InvalidInput) as err:
+        mq.enqueue(queue, payload)
+    assert expected in str(err.value)
+    assert depths(mq) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"priority": 10}, "priority must be a whole number from 0 to 9"),
+        ({"priority": -1}, "priority must be"),
+        ({"priority": 2.5}, "priority must be"),
+        ({"delay_seconds": -1}, "delay_seconds must be"),
+        ({"delay_seconds": 10**9}, "delay_seconds must be"),
+        ({"ttl_seconds": 0}, "ttl_seconds must be"),
+        ({"delay_seconds": 10, "ttl_seconds": 5}, "must be longer than delay_seconds"),
+    ],
+)
+def test_bad_options_are_refused(mq: MessageQueue, kwargs, expected) -> None:
+    before = depths(mq)
+    with pytest.raises(InvalidInput, match=expected):
+        mq.enqueue("workflow_execution", {"workflow_id": "wf-1"}, **kwargs)
+    assert depths(mq) == before
+
+
+@pytest.mark.parametrize("queue", sorted(GOOD))
+def test_valid_payload_is_enqueued_on_its_queue(mq: MessageQueue, queue: str) -> None:
+    before = depths(mq)
+    message_id = mq.enqueue(queue, GOOD[queue])
+    after = depths(mq)
+    assert after[queue] == before[queue] + 1
+    assert sum(after.values()) == sum(before.values()) + 1
+    status = mq.get_status(message_id)
+    assert status["state"] == "PENDING"
+    assert status["attempts"] == 0
+
+
+def test_message_carries_json_and_task_name_only(mq: MessageQueue, redis_client: redis.Redis) -> None:
+    mq.enqueue("workflow_execution", GOOD["workflow_execution"])
+    raw = [redis_client.lrange(k, 0, -1) for k in redis_client.scan_iter("workflow_execution*")]
+    bodies = [item for chunk in raw for item in chunk]
+    assert len(bodies) == 1
+    import json
+
+    message = json.loads(bodies[0])
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == "workflow_execution.execute"
+
+
+def test_health_check_reports_broker(mq: MessageQueue) -> None:
+    health = mq.health_check()
+    assert health["status"] == "healthy"
+    assert "latency_ms" in health
+
+
+def test_health_check_unhealthy_when_broker_is_down(tmp_path) -> None:
+    from config.settings import Settings
+    from tests.support.servers import free_port
+
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    health = MessageQueue(settings=settings).health_check()
+    assert health["status"] == "unhealthy"
+    assert health["error"]
+
+
+def test_queue_stats_unknown_queue(mq: MessageQueue) -> None:
+    with pytest.raises(InvalidInput, match="unknown queue"):
+        mq.queue_stats("nope")
