@@ -188,20 +188,31 @@ class MinioStorage:
         name = validate_object_name(object_name)
         content_type = validate_content_type(content_type)
         stream, length = self._stream(file_data)
-        self._ensure_bucket(bucket)
-        try:
-            self._client.put_object(
-                bucket,
-                name,
-                stream,
-                length,
-                content_type=content_type,
-                part_size=self.part_size if length < 0 else 0,
-            )
-        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if isinstance(exc, S3Error) and exc.code == "NoSuchBucket":
-                self._known_buckets.discard(bucket)  # deleted behind our back: recreate on the next call
-            self._raise(exc, f"upload of {bucket}/{name}")
+        start = stream.tell() if length >= 0 else None
+        for attempt in (1, 2):
+            self._ensure_bucket(bucket)
+            try:
+                self._client.put_object(
+                    bucket,
+                    name,
+                    stream,
+                    length,
+                    content_type=content_type,
+                    part_size=self.part_size if length < 0 else 0,
+                )
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if not (isinstance(exc, S3Error) and exc.code == "NoSuchBucket"):
+                    self._raise(exc, f"upload of {bucket}/{name}")
+                # The bucket was deleted behind our back: make it again and resend, if the data can be
+                # read again; a consumed stream cannot, so the caller retries (a transient error).
+                self._known_buckets.discard(bucket)
+                if start is None or attempt == 2:
+                    raise BackendUnavailable(
+                        f"bucket {bucket} disappeared during the upload of {name}; retry the upload"
+                    ) from exc
+                stream.seek(start)
+            else:
+                break
         return f"{bucket}/{name}"
 
     @staticmethod

@@ -1,0 +1,241 @@
+"""What only the local store has: its layout, streaming writes, atomic replacement, several processes at once,
+and the presigned-URL server run on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config import get_settings
+from services.errors import InvalidInput, NotFound
+from services.storage.local import LocalStorage, SignatureRefused
+from tests.storage.conftest import SIGNING_KEY, PresignServer, make_local, tree
+from tests.support.servers import ManagedProcess, free_port, wait_until
+
+MIB = 1024 * 1024
+
+
+class PatternStream(io.RawIOBase):
+    """``size`` bytes made on demand, never held at once: a stand-in for a 100 MiB upload."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.digest = hashlib.sha256()
+        self._block = bytes(range(256)) * 256  # 64 KiB
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        size = min(len(buffer), self.remaining, len(self._block))
+        buffer[:size] = self._block[:size]
+        self.digest.update(self._block[:size])
+        self.remaining -= size
+        return size
+
+
+class FailingStream(io.RawIOBase):
+    """Gives ``good`` bytes, then fails like a dropped client connection."""
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.good <= 0:
+            raise ConnectionResetError("client went away")
+        size = min(len(buffer), self.good)
+        buffer[:size] = b"z" * size
+        self.good -= size
+        return size
+
+
+@pytest.fixture
+def local(tmp_path: Path, presign_server: PresignServer) -> LocalStorage:
+    return make_local(tmp_path / "objects", presign_server)
+
+
+def test_layout_buckets_are_directories_and_sidecars_are_hidden(local: LocalStorage) -> None:
+    local.upload_file("docs", "a/b.json", b"{}", "application/json")
+    assert (local.root / "docs" / "a" / "b.json").read_bytes() == b"{}"
+    sidecar = json.loads((local.root / ".meta" / "docs" / "a" / "b.json").read_text())
+    assert sidecar["content_type"] == "application/json"
+    assert local.list_files("docs") == ["a/b.json"]
+    assert not list((local.root / ".tmp").iterdir())
+
+
+def test_a_100_mib_upload_streams_in_chunks(local: LocalStorage) -> None:
+    stream = PatternStream(100 * MIB)
+    tracemalloc.start()
+    try:
+        local.upload_file("big", "hundred.bin", io.BufferedReader(stream, buffer_size=64 * 1024))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MIB, f"upload held {peak / MIB:.1f} MiB at once"
+    handle, info = local.open_object("big", "hundred.bin")
+    assert info.size == 100 * MIB
+    digest = hashlib.sha256()
+    for chunk in local.iter_object(handle):
+        digest.update(chunk)
+    assert digest.hexdigest() == stream.digest.hexdigest()
+
+
+def test_a_failed_upload_leaves_the_old_object_and_no_debris(local: LocalStorage) -> None:
+    local.upload_file("b-one", "report.txt", b"version 1", "text/plain")
+    with pytest.raises(ConnectionResetError):
+        local.upload_file("b-one", "report.txt", io.BufferedReader(FailingStream(3 * MIB)), "text/csv")
+    assert local.download_file("b-one", "report.txt") == b"version 1"
+    assert local.stat("b-one", "report.txt").content_type == "text/plain"
+    assert not list((local.root / ".tmp").iterdir())
+    with pytest.raises(ConnectionResetError):
+        local.upload_file("b-one", "never.txt", io.BufferedReader(FailingStream(10)))
+    assert local.list_files("b-one") == ["report.txt"]
+
+
+def test_an_object_cannot_also_be_a_directory(local: LocalStorage) -> None:
+    local.upload_text("b-one", "a", "file a")
+    with pytest.raises(InvalidInput, match="a/b"):
+        local.upload_text("b-one", "a/b", "under a")
+    local.upload_text("b-one", "c/d", "under c")
+    with pytest.raises(InvalidInput, match="objects named c/"):
+        local.upload_text("b-one", "c", "file c")
+    assert local.list_files("b-one") == ["a", "c/d"]
+    assert not list((local.root / ".tmp").iterdir())
+
+
+def test_a_segment_longer_than_the_filesystem_allows_is_refused(local: LocalStorage) -> None:
+    before = tree(local.root.parent)
+    with pytest.raises(InvalidInput, match="255 bytes"):
+        local.upload_text("b-one", "d/" + "x" * 256, "x")
+    assert tree(local.root.parent) == before
+
+
+def test_delete_prunes_empty_directories_but_keeps_the_bucket(local: LocalStorage) -> None:
+    local.upload_text("b-one", "x/y/z.txt", "deep")
+    local.upload_text("b-one", "x/keep.txt", "keep")
+    local.delete_file("b-one", "x/y/z.txt")
+    assert not (local.root / "b-one" / "x" / "y").exists()
+    assert not (local.root / ".meta" / "b-one" / "x" / "y").exists()
+    assert (local.root / "b-one" / "x" / "keep.txt").exists()
+    local.delete_file("b-one", "x/keep.txt")
+    assert (local.root / "b-one").is_dir()
+    assert list((local.root / "b-one").iterdir()) == []
+
+
+def test_signature_checks_are_exact(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    store = LocalStorage(tmp_path, SIGNING_KEY, "https://files.example/api", clock=lambda: now[0])
+    url = store.get_presigned_url("b-one", "a b/c.txt")
+    assert url.startswith("https://files.example/api/files/b-one/a%20b/c.txt?expires=1800003600&signature=")
+    signature = url.rsplit("=", 1)[1]
+    store.verify_presigned("b-one", "a b/c.txt", "1800003600", signature)
+    now[0] = 1_800_003_600.0
+    store.verify_presigned("b-one", "a b/c.txt", "1800003600", signature)  # valid through its last second
+    now[0] = 1_800_003_601.0
+    with pytest.raises(SignatureRefused, match="expired"):
+        store.verify_presigned("b-one", "a b/c.txt", "1800003600", signature)
+    other_key = LocalStorage(tmp_path, "another-key", "https://files.example/api", clock=lambda: 0.0)
+    with pytest.raises(SignatureRefused, match="does not match"):
+        other_key.verify_presigned("b-one", "a b/c.txt", "1800003600", signature)
+    with pytest.raises(SignatureRefused, match="not a Unix time"):
+        store.verify_presigned("b-one", "a b/c.txt", "soon", signature)
+
+
+def _writer(root: str, worker: int, rounds: int) -> None:
+    store = LocalStorage(Path(root), SIGNING_KEY, "http://unused")
+    for n in range(rounds):
+        body = f"writer-{worker}-round-{n}|".encode() * (50 + 97 * worker)
+        store.upload_file("shared", "contended.bin", body, f"application/x-writer-{worker}")
+        store.upload_file("shared", f"own/{worker}/{n}.bin", body, f"application/x-writer-{worker}")
+        if n % 3 == 2:
+            store.delete_file("shared", f"own/{worker}/{n - 1}.bin")
+
+
+def test_several_processes_write_one_store_at_once(local: LocalStorage) -> None:
+    workers, rounds = 4, 40
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_writer, args=(str(local.root), w, rounds)) for w in range(workers)]
+    for process in processes:
+        process.start()
+    mismatches, reads = [], 0
+    # Read the contended object while the writers replace it: bytes and type must come from one upload.
+    while any(p.is_alive() for p in processes) or reads == 0:
+        try:
+            handle, info = local.open_object("shared", "contended.bin")
+        except NotFound:  # before the first write lands
+            time.sleep(0.001)
+            continue
+        with handle:
+            body = handle.read()
+        reads += 1
+        writer = body.split(b"-", 2)[1].decode()
+        if info.content_type != f"application/x-writer-{writer}" or info.size != len(body):
+            mismatches.append((info.content_type, body[:30]))
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    assert mismatches == []
+    expected = sorted(
+        f"own/{w}/{n}.bin"
+        for w in range(workers)
+        for n in range(rounds)
+        if not (n % 3 == 1 and n + 1 < rounds)
+    )
+    assert local.list_files("shared", prefix="own/") == expected
+    for name in expected:
+        worker = int(name.split("/")[1])
+        assert local.stat("shared", name).content_type == f"application/x-writer-{worker}"
+    assert not list((local.root / ".tmp").iterdir())
+
+
+def test_the_presign_server_runs_on_its_own(tmp_path: Path) -> None:
+    port = free_port()
+    settings = get_settings()
+    env = {**os.environ, "STORAGE_BACKEND": "local", "STORAGE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    store = LocalStorage(
+        settings.data_dir / "objects",
+        settings.storage_signing_key.get_secret_value(),
+        f"http://127.0.0.1:{port}",
+    )
+    store.upload_file("standalone", "hello.json", b'{"hello": "world"}', "application/json")
+    server = ManagedProcess(
+        [sys.executable, "-m", "services.storage.presign_app", "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path,
+        "presign",
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    server.start()
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, timeout=20,
+                   what="stand-alone presign server")  # fmt: skip
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["status"] == "healthy"
+        response = httpx.get(store.get_presigned_url("standalone", "hello.json"))
+        assert response.status_code == 200
+        assert response.json() == {"hello": "world"}
+        assert response.headers["content-type"] == "application/json"
+        tampered = store.get_presigned_url("standalone", "hello.json").replace("hello.json", "other.json")
+        assert httpx.get(tampered).status_code == 403
+    finally:
+        server.stop()
+        assert "Traceback" not in server.log_tail(200), server.log_tail(200)
+
+
+def test_the_route_refuses_a_request_without_a_signature(
+    local: LocalStorage, presign_server: PresignServer
+) -> None:
+    local.upload_text("b-one", "x.txt", "x")
+    assert httpx.get(f"{presign_server.url}/files/b-one/x.txt").status_code == 403
+    assert httpx.get(f"{presign_server.url}/files/b-one/x.txt?expires=1&signature=00").status_code == 403
