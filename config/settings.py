@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     embedding_retry_max_wait: float = Field(
         60.0, gt=0, description="Longest pause between two embeddings retries, Retry-After included."
     )
+    vector_hnsw_threshold: int = Field(
+        20_000, ge=1, description="Live vectors in a collection above which the embedded engine uses HNSW."
+    )
+    vector_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (faiss M) of the embedded engine.")
+    vector_hnsw_ef_construction: int = Field(80, ge=8, description="HNSW build beam width (efConstruction).")
+    vector_hnsw_ef_search: int = Field(64, ge=8, description="HNSW query beam width (efSearch) at least.")
+    vector_busy_timeout_ms: int = Field(
+        30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
+    )
     embedding_max_inputs: int = Field(2048, ge=1, description="Most texts in one embeddings request.")
     embedding_max_request_tokens: int = Field(
         300_000, ge=1, description="Most (estimated) tokens in one embeddings request."

@@ -1,0 +1,64 @@
+"""Vector search: the guide's ``get_vector_service()``.
+
+``VECTOR_BACKEND=embedded`` (default) keeps vectors in ``<DATA_DIR>/vectors/vectors.db`` with an in-memory
+exact/HNSW index per process; ``VECTOR_BACKEND=weaviate`` uses a Weaviate server (``WEAVIATE_URL``). Both
+embed texts with :func:`services.embeddings.get_embedder` and answer the same contract
+(:class:`services.vectors.base.VectorService`).
+
+    from services.vectors import get_vector_service
+    service = get_vector_service()
+    service.store_vector("workflows", "Send invoice reminders", {"workflow_id": "wf-1", "tags": ["billing"]})
+    service.search_similar("workflows", "remind customers to pay", limit=5, filters={"tags": "billing"})
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from config import get_settings
+from services.vectors.base import SearchResult, VectorService
+
+__all__ = ["SearchResult", "VectorService", "get_vector_service", "reset_vector_service"]
+
+_lock = threading.Lock()
+_cached: tuple[int, VectorService] | None = None
+
+
+def _build() -> VectorService:
+    if get_settings().vector_backend == "weaviate":
+        from services.vectors.weaviate_backend import WeaviateVectorService
+
+        return WeaviateVectorService()
+    from services.vectors.embedded import EmbeddedVectorService
+
+    return EmbeddedVectorService()
+
+
+def get_vector_service() -> VectorService:
+    """The process's vector service, chosen by ``settings.vector_backend`` and built on first call.
+
+    Building connects nothing: the SQLite file or the Weaviate client is opened on first use, and a forked
+    worker child builds its own instance (the cache is keyed by process id). Returns a
+    :class:`~services.vectors.base.VectorService`.
+    """
+    global _cached  # noqa: PLW0603 - the per-process cache is this module's one piece of state
+    pid = os.getpid()
+    cached = _cached
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    with _lock:
+        if _cached is None or _cached[0] != pid:
+            _cached = (pid, _build())
+        return _cached[1]
+
+
+def reset_vector_service() -> None:
+    """Forget (and close) the cached service; the next call reads the settings again (tests, CLI)."""
+    global _cached  # noqa: PLW0603 - see get_vector_service
+    with _lock:
+        if _cached is not None and _cached[0] == os.getpid():
+            close = getattr(_cached[1], "close", None)
+            if callable(close):
+                close()
+        _cached = None
