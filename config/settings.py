@@ -124,6 +124,21 @@ class Settings(BaseSettings):
     )
     chat_model: str = "gpt-4o-mini"
 
+    # --- workflows --------------------------------------------------------------------------------
+    http_allow_private: bool = Field(
+        False,
+        description="Let http steps reach private, loopback, link-local and reserved addresses (tests, labs).",
+    )
+    workflow_step_timeout: float = Field(
+        60.0, gt=0, description="Seconds a workflow step may run when its node sets no timeout_seconds."
+    )
+    workflow_max_parallel_steps: int = Field(
+        4, ge=1, description="Steps of one execution that may run at the same time (independent branches)."
+    )
+    workflow_http_max_response_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest response body an http step reads."
+    )
+
     # --- API, Flower ------------------------------------------------------------------------------
     api_keys: SecretStr = Field(
         SecretStr(f"{DEV_API_KEY}:admin"),
