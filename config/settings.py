@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     )
     result_expires: int = Field(7 * 24 * 3600, ge=60, description="Seconds task results and statuses are kept.")
     visibility_margin: int = Field(60, ge=1, description="Extra seconds of Redis visibility timeout.")
+    unacked_restore_interval: int = Field(
+        10, ge=1, description="Seconds between a worker's sweeps for messages whose visibility timeout ran out."
+    )
     worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
 
     # --- storage --------------------------------------------------------------------------------
@@ -84,12 +87,32 @@ class Settings(BaseSettings):
     elasticsearch_url: str = "http://localhost:9200"
     elasticsearch_api_key: SecretStr | None = None
     elasticsearch_index_prefix: str = "wft-"
+    search_busy_timeout: float = Field(
+        30.0, gt=0, description="Seconds a writer of the embedded search waits for another process's write."
+    )
+    elasticsearch_timeout: float = Field(10.0, gt=0, description="Seconds per Elasticsearch request.")
+    elasticsearch_max_retries: int = Field(
+        3, ge=0, description="Retries of a request or bulk chunk on connection errors, 429 and 502/503/504."
+    )
+    elasticsearch_initial_backoff: float = Field(
+        0.5, gt=0, description="First pause before retrying a 429, seconds; doubles on each retry."
+    )
+    elasticsearch_bulk_chunk_size: int = Field(1000, ge=1, description="Documents per bulk request.")
 
     # --- vectors and embeddings -------------------------------------------------------------------
     vector_backend: Literal["embedded", "weaviate"] = "embedded"
     weaviate_url: str = "http://localhost:8080"
     weaviate_grpc_port: int = 50051
     weaviate_api_key: SecretStr | None = None
+    vector_hnsw_threshold: int = Field(
+        20_000, ge=1, description="Live vectors in a collection above which the embedded engine uses HNSW."
+    )
+    vector_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (faiss M) of the embedded engine.")
+    vector_hnsw_ef_construction: int = Field(80, ge=8, description="HNSW build beam width (efConstruction).")
+    vector_hnsw_ef_search: int = Field(64, ge=8, description="HNSW query beam width (efSearch) at least.")
+    vector_busy_timeout_ms: int = Field(
+        30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
+    )
     embeddings: Literal["local", "openai"] = "local"
     openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL (None: api.openai.com).")
     openai_api_key: SecretStr | None = None
@@ -103,15 +126,6 @@ class Settings(BaseSettings):
     )
     embedding_retry_max_wait: float = Field(
         60.0, gt=0, description="Longest pause between two embeddings retries, Retry-After included."
-    )
-    vector_hnsw_threshold: int = Field(
-        20_000, ge=1, description="Live vectors in a collection above which the embedded engine uses HNSW."
-    )
-    vector_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (faiss M) of the embedded engine.")
-    vector_hnsw_ef_construction: int = Field(80, ge=8, description="HNSW build beam width (efConstruction).")
-    vector_hnsw_ef_search: int = Field(64, ge=8, description="HNSW query beam width (efSearch) at least.")
-    vector_busy_timeout_ms: int = Field(
-        30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
     )
     embedding_max_inputs: int = Field(2048, ge=1, description="Most texts in one embeddings request.")
     embedding_max_request_tokens: int = Field(
