@@ -57,11 +57,12 @@ class StorageService(Protocol):
         bucket_name: str,
         object_name: str,
         file_data: FileData,
-        content_type: str = DEFAULT_CONTENT_TYPE,
+        content_type: str | None = DEFAULT_CONTENT_TYPE,
     ) -> str:
         """Store ``file_data`` (bytes, or a binary file object read to its end in chunks) under
         ``bucket_name/object_name``, replacing any earlier object of that name. The bucket is created if
-        needed. Returns ``"bucket/object"``."""
+        needed. ``content_type`` None (an upload that came without one) stores ``application/octet-stream``.
+        Returns ``"bucket/object"``."""
         ...
 
     def upload_text(

@@ -134,7 +134,7 @@ class LocalStorage:
         bucket_name: str,
         object_name: str,
         file_data: FileData,
-        content_type: str = DEFAULT_CONTENT_TYPE,
+        content_type: str | None = DEFAULT_CONTENT_TYPE,
     ) -> str:
         """Store ``file_data`` (bytes or a binary file object, streamed in 1 MiB chunks) as
         ``bucket/object``, replacing an earlier object atomically. Returns ``"bucket/object"``.
@@ -160,12 +160,25 @@ class LocalStorage:
             with self._bucket_lock(bucket, exclusive=True):
                 self._install(bucket, name, data_tmp, data_path)
                 self._install(bucket, name, meta_tmp, meta_path)
+            if self._fsync:
+                self._fsync_dir(data_path.parent)  # make the rename itself survive a power cut
         finally:
             for leftover in (data_tmp, meta_tmp):
                 if leftover is not None:
                     with contextlib.suppress(FileNotFoundError):
                         leftover.unlink()
         return f"{bucket}/{name}"
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # another process deleted the object and pruned its directory meanwhile
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _install(self, bucket: str, name: str, source: Path, target: Path) -> None:
         try:
@@ -324,6 +337,21 @@ class LocalStorage:
             raise SignatureRefused(f"signature does not match {bucket_name}/{object_name}")
         if self._clock() > expires_at:
             raise SignatureRefused(f"URL for {bucket_name}/{object_name} expired at {expires_at}")
+
+    def purge_stale_uploads(self, older_than: timedelta = timedelta(hours=24)) -> int:
+        """Remove temporary files of uploads that a crashed process left in ``.tmp`` more than
+        ``older_than`` ago (a maintenance task calls this). Returns how many were removed."""
+        tmp_dir = self.root / ".tmp"
+        if not tmp_dir.is_dir():
+            return 0
+        cutoff = self._clock() - older_than.total_seconds()
+        removed = 0
+        for entry in os.scandir(tmp_dir):
+            with contextlib.suppress(FileNotFoundError):  # its upload finished or another purge won
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     # --- health ---------------------------------------------------------------------------------------
     def health_check(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
 from services.storage.base import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_EXPIRES,
@@ -145,11 +145,14 @@ class MinioStorage:
                     f"MinIO at {self.endpoint} refused the credentials for {what} ({code}); "
                     "check MINIO_ACCESS_KEY and MINIO_SECRET_KEY"
                 ) from exc
-            if code in _TRANSIENT:
+            status = getattr(exc.response, "status", 0) or 0
+            if code in _TRANSIENT or status >= 500 or status == 429:
                 raise BackendUnavailable(
                     f"MinIO at {self.endpoint} is unavailable for {what}: {code}"
                 ) from exc
-            raise exc
+            raise PermanentError(
+                f"MinIO at {self.endpoint} refused {what}: {code} ({status}): {exc.message}"
+            ) from exc
         if isinstance(exc, ServerError | InvalidResponseError):
             raise BackendUnavailable(f"MinIO at {self.endpoint} failed on {what}: {exc}") from exc
         if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
@@ -179,7 +182,7 @@ class MinioStorage:
         bucket_name: str,
         object_name: str,
         file_data: FileData,
-        content_type: str = DEFAULT_CONTENT_TYPE,
+        content_type: str | None = DEFAULT_CONTENT_TYPE,
     ) -> str:
         """Store ``file_data`` (bytes or a binary file object) as ``bucket/object``. A file object that can
         seek is sent from its current position with its known length; one that cannot is sent as a multipart

@@ -97,7 +97,7 @@ def test_content_types_are_kept_and_replaced_with_the_object(storage: StorageSer
 def test_a_missing_content_type_means_octet_stream_and_a_bad_one_is_refused(
     storage: StorageService, bucket: str
 ) -> None:
-    storage.upload_file(bucket, "untyped", b"x", None)  # type: ignore[arg-type]  # as an upload without a type
+    storage.upload_file(bucket, "untyped", b"x", None)  # as an upload that came without a type
     assert storage.stat(bucket, "untyped").content_type == "application/octet-stream"
     with pytest.raises(InvalidInput, match="content type"):
         storage.upload_file(bucket, "badly-typed", b"x", "text/plain\r\nX-Injected: 1")
@@ -105,7 +105,7 @@ def test_a_missing_content_type_means_octet_stream_and_a_bad_one_is_refused(
 
 
 def test_listing_with_prefix_is_sorted_and_complete(storage: StorageService, bucket: str) -> None:
-    names = ["b/2.txt", "a/1.txt", "a/sub/3.txt", "a-sibling.txt", "top.txt", "a/0.txt"]
+    names = ["b/2.txt", "a/1.txt", "a/sub/3.txt", "a-sibling.txt", "top.txt", "a/0.txt", "é/sp ace+%&?#.txt"]
     for name in names:
         storage.upload_text(bucket, name, name)
     assert storage.list_files(bucket) == sorted(names)

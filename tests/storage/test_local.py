@@ -239,3 +239,18 @@ def test_the_route_refuses_a_request_without_a_signature(
     local.upload_text("b-one", "x.txt", "x")
     assert httpx.get(f"{presign_server.url}/files/b-one/x.txt").status_code == 403
     assert httpx.get(f"{presign_server.url}/files/b-one/x.txt?expires=1&signature=00").status_code == 403
+
+
+def test_stale_uploads_of_crashed_processes_are_purged(tmp_path: Path) -> None:
+    now = [2_000_000_000.0]
+    store = LocalStorage(tmp_path, SIGNING_KEY, "http://unused", clock=lambda: now[0])
+    store.upload_text("b-one", "kept.txt", "kept")
+    tmp_dir = tmp_path / ".tmp"
+    old, fresh = tmp_dir / "b-one.crashed", tmp_dir / "b-one.in-progress"
+    old.write_bytes(b"half an upload")
+    fresh.write_bytes(b"still streaming")
+    os.utime(old, (now[0] - 2 * 86400, now[0] - 2 * 86400))
+    os.utime(fresh, (now[0] - 60, now[0] - 60))
+    assert store.purge_stale_uploads() == 1
+    assert sorted(p.name for p in tmp_dir.iterdir()) == ["b-one.in-progress"]
+    assert store.download_file("b-one", "kept.txt") == b"kept"
