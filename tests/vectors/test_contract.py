@@ -120,7 +120,7 @@ def test_scores_are_cosine_similarity_best_first(stored: VectorService, embedder
     results = stored.search_similar("workflows", query, limit=5, score_threshold=-1)
     assert [r["id"] for r in results] == sorted(
         (i for i, _, _ in WORKFLOWS),
-        key=lambda i: -cosine(embedder, query, dict((w[0], w[1]) for w in WORKFLOWS)[i]),
+        key=lambda i: -cosine(embedder, query, {w[0]: w[1] for w in WORKFLOWS}[i]),
     )
     texts = {i: t for i, t, _ in WORKFLOWS}
     for result in results:
