@@ -1,8 +1,8 @@
 """The engine: runs a validated workflow's steps in dependency order and returns the execution record.
 
-* Steps are synchronous functions, each attempt in its own daemon thread; the scheduler (the caller's
-  thread) starts every step whose predecessors are done, so independent branches overlap, up to
-  ``settings.workflow_max_parallel_steps`` at a time. :meth:`WorkflowEngine.run` is a plain blocking call,
+* Steps are synchronous functions; each attempt runs on a pool of reused daemon threads. The scheduler
+  (the caller's thread) starts every step whose predecessors are done, so independent branches overlap, up
+  to ``settings.workflow_max_parallel_steps`` at a time. :meth:`WorkflowEngine.run` is a plain blocking call,
   which is what a Celery worker process needs.
 * Data flow (see :mod:`workflows.model`): root nodes get the execution input; a node with one live
   predecessor gets its output; with several, ``{predecessor_id: output}``. Inputs are deep copies, so
@@ -23,8 +23,11 @@ The engine does not talk to Celery or the object store: the caller persists the 
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import json
+import os
+import queue
 import threading
 import time
 from collections import deque
@@ -83,6 +86,58 @@ def _call_step(future: Future[StepResult], step: Step, data: Any, context: StepC
     # every error, BaseException included, is handed to the scheduler, which decides retry or failure
     except BaseException as exc:
         future.set_exception(exc)
+
+
+class _StepThreads:
+    """Daemon threads that run step attempts, reused between steps (starting a thread per step cost more than
+    most steps). A thread stuck in an abandoned (timed-out) attempt keeps only itself busy: a new thread
+    starts whenever none is idle. Daemon, so a stuck step never keeps the worker process alive at exit;
+    idle threads leave after ``idle_seconds``.
+    """
+
+    def __init__(self, idle_seconds: float = 30.0) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._idle_seconds = idle_seconds
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._tasks.put(fn)
+        if spawn:
+            threading.Thread(target=self._work, name="wf-step", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fn = self._tasks.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:
+                        self._idle -= 1
+                        return
+                # claimed by a submit between the timeout and the lock: its task is on the way
+                continue
+            fn()
+            del fn
+            with self._lock:
+                self._idle += 1
+
+
+_threads: tuple[int, _StepThreads] | None = None
+_threads_lock = threading.Lock()
+
+
+def _step_threads() -> _StepThreads:
+    """The process's step threads (a forked worker child builds its own: threads do not survive fork)."""
+    global _threads  # noqa: PLW0603 - one lazily built pool per process
+    with _threads_lock:
+        if _threads is None or _threads[0] != os.getpid():
+            _threads = (os.getpid(), _StepThreads())
+        return _threads[1]
 
 
 class WorkflowEngine:
@@ -247,15 +302,9 @@ class _Run:
             timeout=timeout,
         )
         future: Future[StepResult] = Future()
-        thread = threading.Thread(
-            target=_call_step,
-            args=(future, step, copy.deepcopy(progress.input), context),
-            name=f"wf-step-{node_id}",
-            # daemon: a step stuck past its timeout must not keep the worker process alive at exit
-            daemon=True,
-        )
+        data = copy.deepcopy(progress.input)
         self.running[future] = _Attempt(node_id, number, timeout, time.monotonic() + timeout)
-        thread.start()
+        _step_threads().submit(functools.partial(_call_step, future, step, data, context))
 
     def _input_for(self, node_id: str) -> Any:
         incoming = self.plan.incoming[node_id]

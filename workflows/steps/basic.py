@@ -5,6 +5,8 @@ JMESPath, compiled when the workflow is registered.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,12 +114,26 @@ class DataValidationConfig(StepConfig):
     @field_validator("json_schema")
     @classmethod
     def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        validator = jsonschema.validators.validator_for(value)
         try:
-            validator.check_schema(value)
-        except jsonschema.exceptions.SchemaError as exc:
-            raise InvalidInput(f"schema is not a valid JSON Schema: {exc.message}") from exc
+            key = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"schema is not JSON: {exc}") from exc
+        problem = _schema_problem(key)
+        if problem is not None:
+            raise InvalidInput(f"schema is not a valid JSON Schema: {problem}")
         return value
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_problem(schema_json: str) -> str | None:
+    """Why a schema (as canonical JSON) is invalid, or None. Cached: checking against the meta-schema costs
+    ~20 ms, and the same definitions are validated again and again (each registration, each execution)."""
+    schema = json.loads(schema_json)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        return str(exc.message)
+    return None
 
 
 def _json_path(path: Any) -> str:
