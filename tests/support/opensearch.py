@@ -119,6 +119,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         body = self._read_body()
+        self.server.last_headers = {k.lower(): v for k, v in self.headers.items()}
         injected = self.server.take_fault(self.command, self.path)
         if injected is not None:
             payload = (
@@ -171,6 +172,7 @@ class HeaderRewritingProxy(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port or free_port()), _ProxyHandler)
         self.upstream_port = upstream_port
         self.requests = 0
+        self.last_headers: dict[str, str] = {}  # of the last request, names lower-cased
         self._local = threading.local()
         self._faults: list[tuple[str, int]] = []
         self._faults_lock = threading.Lock()
@@ -197,6 +199,10 @@ class HeaderRewritingProxy(ThreadingHTTPServer):
         """Answer the next ``count`` requests whose path contains ``path_contains`` with ``status``."""
         with self._faults_lock:
             self._faults.extend([(path_contains, status)] * count)
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
 
     def take_fault(self, method: str, path: str) -> int | None:
         with self._faults_lock:
