@@ -5,10 +5,10 @@ Public API::
     from workflows import (WorkflowRepository, WorkflowEngine, execute_workflow, validate_workflow,
                            parse_workflow, Workflow, ExecutionRecord, register_step_type)
 
-Celery tasks load a definition with ``WorkflowRepository().get_workflow(id)``, skip an execution already
-recorded (``get_execution(execution_id)`` is not None and finished), run it with
-``execute_workflow(workflow, input_data, execution_id=..., should_cancel=...)`` and store the returned record
-with ``save_execution``.
+The ``workflow_execution`` task calls ``run_execution(workflow_id, input_data, execution_id=...,
+should_cancel=...)``: it skips an execution already finished in the store (idempotent by execution id), runs
+the workflow and stores the record. The parts are public too: ``WorkflowRepository().get_workflow(id)``,
+``execute_workflow(workflow, input_data, ...)``, ``WorkflowRepository().save_execution(record)``.
 """
 
 from workflows.engine import WorkflowEngine, execute_workflow, get_engine, reset_engine
@@ -24,6 +24,7 @@ from workflows.model import (
     parse_workflow,
 )
 from workflows.repository import ARTIFACTS_BUCKET, WORKFLOWS_BUCKET, WorkflowRepository
+from workflows.service import run_execution
 from workflows.steps import Step, StepConfig, StepContext, register_operation, register_step_type
 from workflows.validation import WorkflowPlan, validate_workflow
 
@@ -50,5 +51,6 @@ __all__ = [
     "register_operation",
     "register_step_type",
     "reset_engine",
+    "run_execution",
     "validate_workflow",
 ]

@@ -256,3 +256,33 @@ def test_branches_do_not_share_mutable_input() -> None:
 def test_input_data_must_be_an_object() -> None:
     with pytest.raises(InvalidInput, match="JSON object"):
         execute_workflow(make_workflow([node("s")], []), [1, 2])  # type: ignore[arg-type]
+
+
+def _run_in_child(conn: Any) -> None:
+    workflow = make_workflow([node("root"), node("a"), node("b")], [("root", "a"), ("root", "b")])
+    record = execute_workflow(workflow, {"x": 1})
+    conn.send((record.status.value, sorted(record.output_data)))
+    conn.close()
+
+
+def test_engine_works_in_a_forked_child_after_use_in_the_parent() -> None:
+    # Celery's prefork pool forks workers; the step threads of the parent do not exist in the child
+    import multiprocessing
+
+    execute_workflow(make_workflow([node("warm")], []), {})
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe()
+    child = context.Process(target=_run_in_child, args=(child_end,))
+    child.start()
+    assert parent_end.poll(30), "the child did not answer"
+    assert parent_end.recv() == ("completed", ["a", "b"])
+    child.join(10)
+    assert child.exitcode == 0
+
+
+def test_finished_states() -> None:
+    assert {s for s in ExecutionStatus if s.finished} == {
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.CANCELLED,
+    }

@@ -139,3 +139,17 @@ def test_public_addresses_are_allowed() -> None:
     assert not address_forbidden(ipaddress.ip_address("93.184.216.34"))
     assert not address_forbidden(ipaddress.ip_address("2606:2800:220:1:248:1893:25c8:1946"))
     validate_workflow(http_workflow("https://api.example.com/v1/items"))
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1"])
+def test_numeric_spellings_of_loopback_pass_registration_but_are_refused_after_resolution(
+    host: str, api_server: LocalServer
+) -> None:
+    port = api_server.url.rsplit(":", 1)[1]
+    workflow = http_workflow(f"http://{host}:{port}/items")
+    validate_workflow(workflow)  # not a literal IP to the URL parser ...
+    record = execute_workflow(workflow, {})
+    # ... but the resolver says 127.0.0.1, and that is refused before any connection
+    assert record.status is ExecutionStatus.FAILED
+    assert "resolves to a private/loopback/reserved address (127.0.0.1)" in (record.error_message or "")
+    assert api_server.state.requests == []

@@ -1,0 +1,83 @@
+"""run_execution: the record in the store, idempotent by execution id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from services.errors import InvalidInput, NotFound
+from tests.workflows.conftest import make_workflow
+from workflows import ExecutionRecord, ExecutionStatus, WorkflowRepository
+from workflows.service import run_execution
+from workflows.steps import Step, StepContext, default_registry, register_step_type
+
+
+class CountingStep(Step):
+    calls: ClassVar[int] = 0
+    seen_running: ClassVar[list[ExecutionRecord | None]] = []
+    repo: ClassVar[WorkflowRepository | None] = None
+
+    def run(self, data: Any, context: StepContext) -> Any:
+        CountingStep.calls += 1
+        if CountingStep.repo is not None:
+            CountingStep.seen_running.append(CountingStep.repo.get_execution(context.execution_id))
+        return {"calls": CountingStep.calls}
+
+
+@pytest.fixture(autouse=True)
+def counting(repo: WorkflowRepository) -> Iterator[None]:
+    register_step_type("counting", CountingStep)
+    CountingStep.calls = 0
+    CountingStep.seen_running = []
+    CountingStep.repo = repo
+    yield
+    CountingStep.repo = None
+    default_registry.unregister("counting")
+
+
+def save(repo: WorkflowRepository) -> None:
+    repo.save_workflow(make_workflow([{"id": "c", "type": "counting", "data": {}}], [], id="wf"))
+
+
+def test_runs_stores_and_does_not_repeat_a_finished_execution(repo: WorkflowRepository) -> None:
+    save(repo)
+    record, ran = run_execution("wf", {"a": 1}, execution_id="x-1", repository=repo)
+    assert ran and record.status is ExecutionStatus.COMPLETED
+    # while the step ran, the store already held a running record
+    running = CountingStep.seen_running[0]
+    assert running is not None and running.status is ExecutionStatus.RUNNING
+    assert repo.get_execution("x-1") == record
+    again, ran_again = run_execution("wf", {"a": 1}, execution_id="x-1", repository=repo)
+    assert not ran_again
+    assert again == record
+    assert CountingStep.calls == 1
+
+
+def test_a_record_left_running_by_a_killed_worker_is_run_again(repo: WorkflowRepository) -> None:
+    save(repo)
+    repo.save_execution(ExecutionRecord(execution_id="x-2", workflow_id="wf", status=ExecutionStatus.RUNNING))
+    record, ran = run_execution("wf", {}, execution_id="x-2", repository=repo)
+    assert ran and record.status is ExecutionStatus.COMPLETED
+    assert [r.status for r in repo.list_executions(workflow_id="wf")] == [ExecutionStatus.COMPLETED]
+
+
+def test_refusals(repo: WorkflowRepository) -> None:
+    with pytest.raises(NotFound, match="workflow 'nope'"):
+        run_execution("nope", {}, execution_id="x-3", repository=repo)
+    save(repo)
+    run_execution("wf", {}, execution_id="x-4", repository=repo)
+    repo.save_workflow(make_workflow([{"id": "c", "type": "counting", "data": {}}], [], id="other"))
+    with pytest.raises(InvalidInput, match="belongs to workflow 'wf'"):
+        run_execution("other", {}, execution_id="x-4", repository=repo)
+    assert repo.get_execution("x-3") is None
+
+
+def test_cancelled_execution_is_stored_as_cancelled(repo: WorkflowRepository) -> None:
+    save(repo)
+    record, _ = run_execution("wf", {}, execution_id="x-5", repository=repo, should_cancel=lambda: True)
+    assert record.status is ExecutionStatus.CANCELLED
+    stored = repo.get_execution("x-5")
+    assert stored is not None and stored.status is ExecutionStatus.CANCELLED
+    assert CountingStep.calls == 0

@@ -1,0 +1,69 @@
+"""One execution, start to finish, against the object store: what the ``workflow_execution`` task calls.
+
+Idempotent by execution id: a finished record already stored for that id is returned as it is and no step
+runs again, so a redelivered message (a worker killed with ``kill -9`` after the record was written) repeats
+nothing. A record left ``running`` by a killed worker is not finished, so the redelivery runs the execution
+again from the start and overwrites it: one record per id, ending completed, failed or cancelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.errors import InvalidInput
+from workflows.engine import OnStep, ShouldCancel, WorkflowEngine, get_engine
+from workflows.model import ExecutionRecord, ExecutionStatus, utcnow
+from workflows.repository import WorkflowRepository
+
+
+def run_execution(
+    workflow_id: str,
+    input_data: dict[str, Any] | None,
+    *,
+    execution_id: str,
+    repository: WorkflowRepository | None = None,
+    engine: WorkflowEngine | None = None,
+    should_cancel: ShouldCancel | None = None,
+    on_step: OnStep | None = None,
+    record_running: bool = True,
+) -> tuple[ExecutionRecord, bool]:
+    """Run workflow ``workflow_id`` on ``input_data`` as execution ``execution_id`` and store the record.
+
+    Returns ``(record, ran)``: ``ran`` is False when a finished record was already stored (nothing ran).
+    ``record_running``: store a ``running`` record first, so the execution is visible while it runs.
+    Raises NotFound for an unknown workflow, InvalidInput when ``execution_id`` already belongs to another
+    workflow or the input is not a JSON object; storage errors propagate (BackendUnavailable is transient).
+    A failing step does not raise: the stored record says failed.
+    """
+    repo = repository or WorkflowRepository()
+    existing = repo.get_execution(execution_id)
+    if existing is not None:
+        if existing.workflow_id != workflow_id:
+            raise InvalidInput(
+                f"execution {execution_id!r} belongs to workflow {existing.workflow_id!r}, "
+                f"not {workflow_id!r}"
+            )
+        if existing.status.finished:
+            return existing, False
+    workflow = repo.get_workflow(workflow_id)
+    run_engine = engine or get_engine()
+    plan = run_engine.plan(workflow)
+    if input_data is None:
+        input_data = {}
+    if not isinstance(input_data, dict):
+        raise InvalidInput(f"input_data must be a JSON object, got {type(input_data).__name__}")
+    if record_running:
+        repo.save_execution(
+            ExecutionRecord(
+                execution_id=execution_id,
+                workflow_id=workflow_id,
+                status=ExecutionStatus.RUNNING,
+                input_data=input_data,
+                started_at=utcnow(),
+            )
+        )
+    record = run_engine.run(
+        plan, input_data, execution_id=execution_id, should_cancel=should_cancel, on_step=on_step
+    )
+    repo.save_execution(record)
+    return record, True
