@@ -10,7 +10,7 @@ run:
 	./run.sh
 
 test:
-	./scripts/test.sh
+	./test.sh
 
 lint:
 	$(PY) -m ruff format --check .

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlparse
 
-from kombu import Exchange
-from kombu import Queue as KombuQueue
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
 
 from config import QUEUES, Settings, get_settings
 
@@ -52,6 +52,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             # Longer than the longest time a message may legitimately stay unacknowledged.
             "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages abandoned by a dead worker every interval (kombu's default is ~100 s).
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            "unacked_restore_throttle": 1,
             "queue_order_strategy": "priority",
             "priority_steps": list(range(PRIORITY_LEVELS)),
         },

@@ -41,13 +41,17 @@ class Settings(BaseSettings):
         "redis://localhost:6379/0",
         description="Redis used for broker, results and cache unless one of those is overridden.",
     )
-    broker_url: str | None = Field(None, description="Celery broker (redis:// or amqp://); default REDIS_URL.")
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis:// or amqp://); default REDIS_URL."
+    )
     result_backend: str | None = Field(None, description="Celery result backend; default REDIS_URL.")
     cache_url: str | None = Field(None, description="Redis for the cache service; default REDIS_URL.")
     data_dir: Path = Field(Path("./var"), description="Root directory of the embedded backends.")
 
     # --- the task fabric ----------------------------------------------------------------------
-    task_soft_time_limit: int = Field(300, ge=1, description="Seconds before SoftTimeLimitExceeded is raised.")
+    task_soft_time_limit: int = Field(
+        300, ge=1, description="Seconds before SoftTimeLimitExceeded is raised."
+    )
     task_time_limit: int = Field(360, ge=1, description="Seconds before a task's process is killed.")
     max_delay_seconds: int = Field(
         3600, ge=0, description="Longest delay_seconds accepted by enqueue (bounds the visibility timeout)."
@@ -58,10 +62,14 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         5, ge=1, description="Deliveries of one attempt (worker lost each time) before dead-lettering."
     )
-    result_expires: int = Field(7 * 24 * 3600, ge=60, description="Seconds task results and statuses are kept.")
+    result_expires: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds task results and statuses are kept."
+    )
     visibility_margin: int = Field(60, ge=1, description="Extra seconds of Redis visibility timeout.")
     unacked_restore_interval: int = Field(
-        10, ge=1, description="Seconds between a worker's sweeps for messages whose visibility timeout ran out."
+        10,
+        ge=1,
+        description="Seconds between a worker's sweeps for messages whose visibility timeout ran out.",
     )
     worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
 
@@ -73,7 +81,9 @@ class Settings(BaseSettings):
     storage_public_url: str = Field(
         "http://localhost:8000", description="Base URL that presigned URLs of the local store point at."
     )
-    minio_endpoint: str = Field("localhost:9000", description="host:port of MinIO/S3 as the workers reach it.")
+    minio_endpoint: str = Field(
+        "localhost:9000", description="host:port of MinIO/S3 as the workers reach it."
+    )
     minio_public_endpoint: str | None = Field(
         None, description="host:port (or URL) browsers reach; presigned URLs are signed for it."
     )
@@ -107,14 +117,16 @@ class Settings(BaseSettings):
     vector_hnsw_threshold: int = Field(
         20_000, ge=1, description="Live vectors in a collection above which the embedded engine uses HNSW."
     )
-    vector_hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (faiss M) of the embedded engine.")
+    vector_hnsw_m: int = Field(16, ge=4, description="HNSW graph degree (faiss M) of the embedded engine.")
     vector_hnsw_ef_construction: int = Field(80, ge=8, description="HNSW build beam width (efConstruction).")
     vector_hnsw_ef_search: int = Field(64, ge=8, description="HNSW query beam width (efSearch) at least.")
     vector_busy_timeout_ms: int = Field(
         30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
     )
     embeddings: Literal["local", "openai"] = "local"
-    openai_base_url: str | None = Field(None, description="OpenAI-compatible base URL (None: api.openai.com).")
+    openai_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (None: api.openai.com)."
+    )
     openai_api_key: SecretStr | None = None
     embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int | None = Field(

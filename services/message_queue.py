@@ -201,16 +201,22 @@ class MessageQueue:
             with self.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=3)
             self.redis_client.ping()
-        except Exception as exc:  # noqa: BLE001 - a health check reports every failure instead of raising
+        except Exception as exc:
             return {"status": "unhealthy", "broker": broker, "error": f"{type(exc).__name__}: {exc}"}
-        return {"status": "healthy", "broker": broker, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {
+            "status": "healthy",
+            "broker": broker,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
 
     # --- dead letters ----------------------------------------------------------------------------------
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(self.redis_client)
 
-    def list_dead_letters(self, queue: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+    def list_dead_letters(
+        self, queue: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
         """Dead letters, newest first: the original message, the error, the attempts and the times."""
         if queue is not None:
             resolve_queue(queue)

@@ -70,7 +70,7 @@ class ExecutionDoc(Document):
 
 
 class ExecuteWorkflow(Payload):
-    """``workflow_execution``: run a registered workflow. The guide sends no action; ``execute`` is implied."""
+    """``workflow_execution``: run a registered workflow. The guide sends no action: ``execute`` is implied."""
 
     action: Literal["execute"] = "execute"
     workflow_id: Id
@@ -174,14 +174,20 @@ def ensure_json(value: object, path: str = "payload") -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidInput(f"{path}: key {key!r} is a {type(key).__name__}; JSON object keys are strings")
+                raise InvalidInput(
+                    f"{path}: key {key!r} is a {type(key).__name__}; JSON object keys are strings"
+                )
             ensure_json(item, f"{path}.{key}")
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
             ensure_json(item, f"{path}[{index}]")
         return
-    hint = "an ISO 8601 string" if isinstance(value, datetime) else "a JSON value (object, array, string, number)"
+    hint = (
+        "an ISO 8601 string"
+        if isinstance(value, datetime)
+        else "a JSON value (object, array, string, number)"
+    )
     raise InvalidInput(f"{path}: a {type(value).__name__} is not JSON; send {hint} instead")
 
 
@@ -208,7 +214,9 @@ def validate(queue_name: object, payload: object) -> tuple[Action, JsonObject]:
     if action is None:
         known = ", ".join(actions_for(queue))
         if name is None:
-            raise InvalidInput(f"payload.action is required for queue '{queue.value}'; expected one of: {known}")
+            raise InvalidInput(
+                f"payload.action is required for queue '{queue.value}'; expected one of: {known}"
+            )
         raise InvalidInput(f"unknown action {name!r} for queue '{queue.value}'; expected one of: {known}")
     try:
         model = action.model.model_validate(payload)

@@ -51,7 +51,9 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         if request.called_directly or request.id is None:
             return super().__call__(*args, **kwargs)
         settings = get_settings()
-        delivered = deliveries.count_delivery(get_redis(), request.id, request.retries, settings.result_expires)
+        delivered = deliveries.count_delivery(
+            get_redis(), request.id, request.retries, settings.result_expires
+        )
         if delivered > settings.max_deliveries:
             error = PoisonMessage(
                 f"delivered {delivered - 1} times without finishing: the worker process died each time "
@@ -62,7 +64,12 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
             self.dead_letter(error, reason="poison", kwargs=kwargs)
             raise Ignore()
         if delivered > 1:
-            logger.warning("message %s delivered again (delivery %d of attempt %d)", request.id, delivered, request.retries)
+            logger.warning(
+                "message %s delivered again (delivery %d of attempt %d)",
+                request.id,
+                delivered,
+                request.retries,
+            )
         # The tracer has pushed this delivery's request already; run the body under it.
         return self.run(*args, **kwargs)
 

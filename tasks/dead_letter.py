@@ -16,7 +16,7 @@ from tasks.base import DEAD_LETTER_TASK, BaseTask
 class DeadLetterConsumer(BaseTask):
     # A dead letter that cannot be stored stays in the broker and is retried; it never dead-letters itself.
     dead_letter_on_failure = False
-    max_retries = None
+    max_retries = 1_000_000  # effectively forever, with backoff capped at RETRY_BACKOFF_MAX
 
 
 @app.task(name=DEAD_LETTER_TASK, base=DeadLetterConsumer, bind=True)

@@ -51,12 +51,17 @@ def runs(client: redis.Redis, tag: str) -> list[dict[str, str]]:
     return out
 
 
-def wait_for_state(mq: MessageQueue, message_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+def wait_for_state(
+    mq: MessageQueue, message_id: str, states: set[str], timeout: float = 30
+) -> dict[str, Any]:
     holder: dict[str, Any] = {}
 
     def reached() -> bool:
         holder.update(mq.get_status(message_id))
         return holder["state"] in states
 
-    wait_until(reached, timeout=timeout, interval=0.1, what=f"{message_id} to reach {states} (last: {holder})")
+    try:
+        wait_until(reached, timeout=timeout, interval=0.1, what=f"{message_id} to reach {states}")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status: {holder}") from None
     return holder

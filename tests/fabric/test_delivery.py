@@ -67,7 +67,9 @@ def test_expired_message_is_never_executed(
     assert len(runs(redis_client, "fresh")) == 1
 
 
-def test_higher_priority_runs_first(mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis) -> None:
+def test_higher_priority_runs_first(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis
+) -> None:
     low = [mq.enqueue("analytics_tasks", probe("prio"), priority=0) for _ in range(10)]
     high = [mq.enqueue("analytics_tasks", probe("prio"), priority=9) for _ in range(10)]
     start_worker(["analytics_tasks"], concurrency=1)
@@ -77,7 +79,9 @@ def test_higher_priority_runs_first(mq: MessageQueue, start_worker: StartWorker,
     assert set(order[10:]) == set(low)
 
 
-def test_guide_payload_priority_is_used_when_none_is_given(mq: MessageQueue, redis_client: redis.Redis) -> None:
+def test_guide_payload_priority_is_used_when_none_is_given(
+    mq: MessageQueue, redis_client: redis.Redis
+) -> None:
     mq.enqueue("workflow_execution", {"workflow_id": "wf", "priority": 9})
     mq.enqueue("workflow_execution", {"workflow_id": "wf"}, priority=9)
     mq.enqueue("workflow_execution", {"workflow_id": "wf"})

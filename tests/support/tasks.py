@@ -46,7 +46,9 @@ def probe(self: BaseTask, payload: dict[str, Any]) -> Any:
     client = get_redis()
     request = self.request
     queue = (request.delivery_info or {}).get("routing_key")
-    client.rpush(runs_key(msg.tag), f"{request.id}|{request.hostname}|{queue}|{time.time()}|{socket.gethostname()}")
+    client.rpush(
+        runs_key(msg.tag), f"{request.id}|{request.hostname}|{queue}|{time.time()}|{socket.gethostname()}"
+    )
     if msg.kill_while and client.exists(msg.kill_while):
         os.kill(os.getpid(), signal.SIGKILL)
     if msg.sleep:

@@ -23,21 +23,25 @@ class WorkerProcess(ManagedProcess):
         self,
         workdir: Path,
         queues: Sequence[str],
+        *,
         concurrency: int = 1,
         name: str | None = None,
         env: dict[str, str] | None = None,
         pool: str = "prefork",
         extra_args: Iterable[str] = (),
+        loglevel: str = "INFO",
+        app: str = "tasks.app",
+        include: str = "tests.support.tasks",
     ) -> None:
         self.nodename = f"{name or 'w-' + uuid.uuid4().hex[:8]}@localhost"
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), full_env.get("PYTHONPATH")]))
         full_env.update(env or {})
         argv = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-n", self.nodename,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-E", "-l", "INFO",
-            "-I", "tests.support.tasks", *extra_args,
+            "--without-gossip", "--without-mingle", "--without-heartbeat", "-E", "-l", loglevel,
+            *(["-I", include] if include else []), *extra_args,
         ]  # fmt: skip
         super().__init__(argv, workdir, self.nodename.split("@")[0], env=full_env)
 

@@ -1,0 +1,111 @@
+"""Fabric overhead: noop tasks through ``enqueue()`` and our base task, against bare Celery ``send_task`` to a
+bare task, with the same broker, worker and settings, in one run.
+
+    python -m bench.fabric            # 20,000 messages each
+    python -m bench.fabric --smoke    # a few hundred, seconds
+
+Prints enqueue rate and drain rate for both and the ratio ours/bare (target >= 0.85 on both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.servers import RedisServer, wait_until
+from tests.support.workers import WorkerProcess
+
+
+@dataclass
+class Rates:
+    enqueue: float
+    drain: float
+
+
+def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
+    from bench import fabric_tasks as ft
+    from services.message_queue import get_message_queue
+    from services.redis_client import get_redis
+
+    client = get_redis()
+    client.flushdb()
+    client.set(ft.TARGET, n)
+    if kind == "bare":
+        app = ft.bare
+        started = time.perf_counter()
+        for _ in range(n):
+            app.send_task("bench.bare_noop", queue="analytics_tasks", routing_key="analytics_tasks")
+        enqueue_s = time.perf_counter() - started
+        worker = WorkerProcess(workdir, ["analytics_tasks"], concurrency=2, name=f"bench-{kind}",
+                               loglevel="WARNING", app="bench.fabric_tasks:bare", include="",
+                               env={"REDIS_URL": redis_url})  # fmt: skip
+    else:
+        mq = get_message_queue()
+        started = time.perf_counter()
+        for _ in range(n):
+            mq.enqueue("analytics_tasks", {"action": "bench_noop"})
+        enqueue_s = time.perf_counter() - started
+        worker = WorkerProcess(workdir, ["analytics_tasks"], concurrency=2, name=f"bench-{kind}",
+                               loglevel="WARNING", include="bench.fabric_tasks",
+                               env={"REDIS_URL": redis_url})  # fmt: skip
+    worker.start()
+    try:
+        wait_until(lambda: client.get(ft.LAST) is not None, timeout=max(60, n / 50), interval=0.2,
+                   what=f"{kind}: {n} tasks to finish")  # fmt: skip
+    finally:
+        worker.stop()
+    first, last = float(client.get(ft.FIRST) or 0), float(client.get(ft.LAST) or 0)
+    return Rates(enqueue=n / enqueue_s, drain=(n - 1) / max(last - first, 1e-9))
+
+
+def run(n: int) -> dict[str, Rates]:
+    with tempfile.TemporaryDirectory(prefix="bench-fabric-") as tmp:
+        workdir = Path(tmp)
+        server = RedisServer(workdir / "redis")
+        with server.running():
+            # Both sides of the comparison read the same settings from this private Redis.
+            os.environ["REDIS_URL"] = server.url
+            from config import reload_settings
+
+            reload_settings()
+            return {kind: _measure(kind, n, workdir, server.url) for kind in ("bare", "ours")}
+
+
+def report(results: dict[str, Rates], n: int) -> str:
+    bare, ours = results["bare"], results["ours"]
+    lines = [
+        f"### Fabric overhead ({n:,} noop messages, Redis, worker prefork -c2, one run)",
+        "",
+        "| | enqueue msg/s | drain msg/s |",
+        "| --- | ---: | ---: |",
+        f"| bare Celery `send_task` + bare task | {bare.enqueue:,.0f} | {bare.drain:,.0f} |",
+        f"| ours: `enqueue()` + base task | {ours.enqueue:,.0f} | {ours.drain:,.0f} |",
+        f"| ratio ours/bare (target >= 0.85) | {ours.enqueue / bare.enqueue:.2f} "
+        f"| {ours.drain / bare.drain:.2f} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny sizes")
+    parser.add_argument("-n", type=int, default=None, help="messages per side (default 20000, smoke 300)")
+    args = parser.parse_args(argv)
+    n = args.n or (300 if args.smoke else 20_000)
+    text = report(run(n), n)
+    print(text)
+    if not args.smoke:
+        out = Path(__file__).parent / "results" / "fabric.md"
+        out.write_text(text + "\n")
+        print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
