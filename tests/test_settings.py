@@ -18,7 +18,14 @@ def test_redis_url_and_data_dir_are_read_under_their_names(monkeypatch: pytest.M
 
 
 def test_defaults_in_development(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("REDIS_URL", "DATA_DIR", "ENVIRONMENT", "API_KEYS", "FLOWER_PASSWORD", "STORAGE_SIGNING_KEY"):
+    for name in (
+        "REDIS_URL",
+        "DATA_DIR",
+        "ENVIRONMENT",
+        "API_KEYS",
+        "FLOWER_PASSWORD",
+        "STORAGE_SIGNING_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     s = Settings(_env_file=None)
     assert s.redis_url == "redis://localhost:6379/0"

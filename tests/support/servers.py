@@ -38,10 +38,12 @@ def wait_until(
         try:
             if predicate():
                 return
-        except Exception as exc:  # noqa: BLE001 - the predicate may fail until the server is up
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_error!r}" if last_error else ""))
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}" + (f": {last_error!r}" if last_error else "")
+    )
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -53,7 +55,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class ManagedProcess:
     """A subprocess with a log file, stopped (and reaped) on ``stop``."""
 
-    def __init__(self, argv: Sequence[str], workdir: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], workdir: Path, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.argv = list(argv)
         self.workdir = workdir
         self.name = name
@@ -65,7 +69,12 @@ class ManagedProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.argv,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         log.close()
 
