@@ -36,7 +36,7 @@ class CacheService:
         self,
         url: str | None = None,
         *,
-        client: redis.Redis[bytes] | None = None,
+        client: redis.Redis | None = None,
         prefix: str = KEY_PREFIX,
         default_ttl: int = DEFAULT_TTL,
         timeout: float = 1.0,
@@ -55,7 +55,7 @@ class CacheService:
         self.timeout = timeout
 
     @property
-    def client(self) -> redis.Redis[bytes]:
+    def client(self) -> redis.Redis:
         """The Redis client, built on first use (and again in a forked child)."""
         if self._client is None or self._pid != os.getpid():
             with self._lock:

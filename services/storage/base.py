@@ -192,17 +192,23 @@ def validate_content_type(content_type: str | None) -> str:
 
 def iter_chunks(file_data: FileData, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """The bytes of ``file_data`` in pieces of at most ``chunk_size``: a file object is read piece by piece
-    from its current position, never whole. Raises InvalidInput for text or other types."""
+    from its current position, never whole. Raises InvalidInput at once for text or other types."""
     if isinstance(file_data, bytes | bytearray | memoryview):
-        view = memoryview(file_data).cast("B")
-        for start in range(0, len(view), chunk_size):
-            yield bytes(view[start : start + chunk_size])
-        return
+        return _iter_buffer(memoryview(file_data).cast("B"), chunk_size)
     if isinstance(file_data, io.TextIOBase) or not hasattr(file_data, "read"):
         raise InvalidInput(
             f"file_data must be bytes or a binary file object, got {type(file_data).__name__}; "
             "use upload_text for text"
         )
+    return _iter_stream(file_data, chunk_size)
+
+
+def _iter_buffer(view: memoryview, chunk_size: int) -> Iterator[bytes]:
+    for start in range(0, len(view), chunk_size):
+        yield bytes(view[start : start + chunk_size])
+
+
+def _iter_stream(file_data: BinaryIO, chunk_size: int) -> Iterator[bytes]:
     while True:
         chunk = file_data.read(chunk_size)
         if not chunk:

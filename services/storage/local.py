@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from services.errors import InvalidInput, NotFound, PermanentError
+from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
 from services.storage.base import (
     CHUNK_SIZE,
     DEFAULT_CONTENT_TYPE,
@@ -58,6 +58,27 @@ _RESERVED = (".meta", ".tmp", ".locks")
 
 class SignatureRefused(PermanentError):
     """A presigned URL whose signature does not match, or whose expiry has passed. Served as 403."""
+
+
+#: Failures of the disk under DATA_DIR, as opposed to a bad name or a broken upload stream.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+@contextlib.contextmanager
+def _disk_errors(root: Path, what: str) -> Iterator[None]:
+    """Map the store's own disk failures onto the error tree; other errors (such as a client's stream
+    breaking mid-upload) pass through unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise BackendUnavailable(f"no space left under {root} for {what}: {exc}") from exc
+        if exc.errno in _NOT_PERMITTED:
+            raise ConfigurationError(
+                f"the local store cannot use {root} for {what} ({exc}); check DATA_DIR and its permissions"
+            ) from exc
+        raise
 
 
 class LocalStorage:
@@ -143,6 +164,18 @@ class LocalStorage:
         bucket, name, data_path, meta_path = self._paths(bucket_name, object_name)
         content_type = validate_content_type(content_type)
         chunks = iter_chunks(file_data)
+        with _disk_errors(self.root, f"upload of {bucket}/{name}"):
+            return self._write(bucket, name, data_path, meta_path, chunks, content_type)
+
+    def _write(
+        self,
+        bucket: str,
+        name: str,
+        data_path: Path,
+        meta_path: Path,
+        chunks: Iterator[bytes],
+        content_type: str,
+    ) -> str:
         data_fd, data_tmp = self._temp_file(bucket)
         meta_tmp: Path | None = None
         try:
@@ -210,8 +243,8 @@ class LocalStorage:
     def delete_file(self, bucket_name: str, object_name: str) -> None:
         """Remove the object and its sidecar, and any directories left empty. Removing a missing object
         is not an error."""
-        bucket, _name, data_path, meta_path = self._paths(bucket_name, object_name)
-        with self._bucket_lock(bucket, exclusive=True):
+        bucket, name, data_path, meta_path = self._paths(bucket_name, object_name)
+        with _disk_errors(self.root, f"delete of {bucket}/{name}"), self._bucket_lock(bucket, exclusive=True):
             for path, top in ((data_path, self.root / bucket), (meta_path, self.root / ".meta" / bucket)):
                 try:
                     path.unlink()
@@ -236,7 +269,7 @@ class LocalStorage:
         content type belongs to these bytes even while another process replaces the object. Raises
         NotFound naming bucket and object."""
         bucket, name, data_path, meta_path = self._paths(bucket_name, object_name)
-        with self._bucket_lock(bucket, exclusive=False):
+        with _disk_errors(self.root, f"read of {bucket}/{name}"), self._bucket_lock(bucket, exclusive=False):
             try:
                 handle = data_path.open("rb")
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:

@@ -3,6 +3,7 @@ and the presigned-URL server run on its own."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -17,8 +18,8 @@ import httpx
 import pytest
 
 from config import get_settings
-from services.errors import InvalidInput, NotFound
-from services.storage.local import LocalStorage, SignatureRefused
+from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+from services.storage.local import LocalStorage, SignatureRefused, _disk_errors
 from tests.storage.conftest import SIGNING_KEY, PresignServer, make_local, tree
 from tests.support.servers import ManagedProcess, free_port, wait_until
 
@@ -254,3 +255,19 @@ def test_stale_uploads_of_crashed_processes_are_purged(tmp_path: Path) -> None:
     assert store.purge_stale_uploads() == 1
     assert sorted(p.name for p in tmp_dir.iterdir()) == ["b-one.in-progress"]
     assert store.download_file("b-one", "kept.txt") == b"kept"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (errno.ENOSPC, BackendUnavailable),
+        (errno.EROFS, ConfigurationError),
+        (errno.EACCES, ConfigurationError),
+    ],
+)
+def test_disk_failures_map_onto_the_error_tree(tmp_path: Path, code: int, expected: type[Exception]) -> None:
+    # Tests run as root here, so a read-only or full disk is simulated at the one place errors are mapped.
+    with pytest.raises(expected, match=str(tmp_path)), _disk_errors(tmp_path, "upload of b-one/x"):
+        raise OSError(code, os.strerror(code))
+    with pytest.raises(ConnectionResetError), _disk_errors(tmp_path, "upload of b-one/x"):
+        raise ConnectionResetError(errno.ECONNRESET, "a client's stream is not the disk")
