@@ -277,6 +277,7 @@ def test_data_that_is_not_bytes_is_refused(storage: StorageService, bucket: str)
 
 
 def test_health_check_reports_healthy(storage: StorageService) -> None:
+    assert isinstance(storage, StorageService)
     health = storage.health_check()
     assert health["status"] == "healthy"
     assert health["backend"] == storage.backend
