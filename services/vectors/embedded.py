@@ -10,13 +10,15 @@ the rows and deletions with a larger sequence. A replaced or deleted id leaves a
 the matrix, masked out of every search and compacted away once they pile up.
 
 Small collections are searched exactly (one matrix product). From ``vector_hnsw_threshold`` live vectors on,
-a faiss HNSW index answers instead; it over-fetches when tombstones or filters would thin its top k, and
-falls back to exact search over the filter's candidates when a filter is selective.
+a faiss HNSW index answers instead (built in a background thread; exact search answers until it is ready,
+see :meth:`EmbeddedVectorService.wait_for_index`); it over-fetches when tombstones or filters would thin its
+top k, and a selective filter is answered by exact search over its candidates instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -78,6 +80,8 @@ CREATE TABLE IF NOT EXISTS deletions (
 CREATE INDEX IF NOT EXISTS deletions_by_seq ON deletions (collection, seq);
 """
 
+logger = logging.getLogger(__name__)
+
 #: How far a filtered HNSW search may over-fetch before exact search over the candidates is cheaper.
 _MAX_OVERFETCH = 4096
 
@@ -96,8 +100,12 @@ class _Index:
     texts: list[str] = field(default_factory=list)
     metadata_json: list[str] = field(default_factory=list)
     slot_of: dict[str, int] = field(default_factory=dict)
+    # term -> slots holding it, ascending and unique by construction (slots only grow, terms are a set)
     postings: dict[str, list[int]] = field(default_factory=dict)
+    posting_arrays: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     hnsw: Any = None  # faiss.IndexHNSWFlat over slots 0..hnsw.ntotal-1, or None
+    layout: int = 0  # bumped by every compaction: an HNSW graph built on an older layout is stale
+    building: bool = False
 
     @property
     def live(self) -> int:
@@ -167,6 +175,7 @@ class EmbeddedVectorService:
         hnsw_ef_construction: int | None = None,
         hnsw_ef_search: int | None = None,
         busy_timeout_ms: int | None = None,
+        build_in_background: bool = True,
     ) -> None:
         settings = get_settings()
         self.path = path if path is not None else settings.data_dir / "vectors" / "vectors.db"
@@ -184,6 +193,9 @@ class EmbeddedVectorService:
         self._lock = threading.RLock()  # guards the in-memory indexes
         self._indexes: dict[str, _Index] = {}
         self._schema_ready = False
+        self.build_in_background = build_in_background
+        self._builds: dict[str, threading.Thread] = {}
+        self._pid = os.getpid()
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -472,11 +484,18 @@ class EmbeddedVectorService:
             posting = index.postings.get(term)
             if not posting:
                 return np.zeros(0, dtype=np.int64)
-            lists.append(np.asarray(posting, dtype=np.int64))
+            # Convert only the slots appended since the last query with this term.
+            cached = index.posting_arrays.get(term)
+            if cached is None or cached.shape[0] != len(posting):
+                done = 0 if cached is None else cached.shape[0]
+                tail = np.asarray(posting[done:], dtype=np.int64)
+                cached = tail if cached is None else np.concatenate([cached, tail])
+                index.posting_arrays[term] = cached
+            lists.append(cached)
         lists.sort(key=len)
-        slots = np.unique(lists[0])
+        slots = lists[0]
         for other in lists[1:]:
-            slots = np.intersect1d(slots, other, assume_unique=False)
+            slots = np.intersect1d(slots, other, assume_unique=True)
         return slots[index.alive[slots]]
 
     def _exact(
@@ -549,6 +568,9 @@ class EmbeddedVectorService:
 
     def _catch_up(self, collection: str) -> _Index | None:
         """Bring this process's index of ``collection`` up to date; None if there is no such collection."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's build threads did not come along, so start from the file again.
+            self._indexes, self._builds, self._pid = {}, {}, os.getpid()
         conn = self._connection()
         with self._sqlite_errors(f"reading {collection!r}"):
             # One read transaction: the sequence and the rows come from the same snapshot of the WAL.
@@ -567,6 +589,7 @@ class EmbeddedVectorService:
                     index.vectors = np.zeros((0, dimension), dtype=np.float32)
                     self._indexes[collection] = index
                 if last_seq == index.last_seq:
+                    self._maintain(collection, index)
                     return index
                 rows = conn.execute(
                     "SELECT seq, id, text, metadata, vector FROM vectors WHERE collection = ? AND seq > ?"
@@ -581,7 +604,7 @@ class EmbeddedVectorService:
                 conn.execute("COMMIT")
         self._apply(index, rows, deletions)
         index.last_seq = last_seq
-        self._maintain(index)
+        self._maintain(collection, index)
         return index
 
     def _apply(self, index: _Index, rows: list[tuple[Any, ...]], deletions: list[tuple[Any, ...]]) -> None:
@@ -599,13 +622,16 @@ class EmbeddedVectorService:
         for _, item_id in deletions[d:]:
             index.kill(item_id)
 
-    def _maintain(self, index: _Index) -> None:
+    def _maintain(self, collection: str, index: _Index) -> None:
         # Compact once dead slots outnumber live ones (and there are enough to matter): exact search then
         # scans less, and a rebuilt HNSW graph holds no tombstones.
         if index.dead > max(1024, index.live):
             self._compact(index)
         if index.hnsw is None and index.live >= self.hnsw_threshold:
-            self._build_hnsw(index)
+            if not self.build_in_background:
+                index.hnsw = self._new_hnsw(index.dimension, index.vectors[: index.size])
+            elif not index.building:
+                self._start_build(collection, index)
         elif index.hnsw is not None and index.size - int(index.hnsw.ntotal) >= 256:
             index.hnsw.add(index.vectors[int(index.hnsw.ntotal) : index.size])
         elif index.hnsw is not None and index.live < self.hnsw_threshold // 2:
@@ -621,15 +647,58 @@ class EmbeddedVectorService:
                 for s in keep.tolist()
             ]
         )
+        fresh.layout, fresh.building = index.layout + 1, index.building
         index.__dict__.update(fresh.__dict__)
 
-    def _build_hnsw(self, index: _Index) -> None:
+    def _new_hnsw(self, dimension: int, vectors: FloatMatrix) -> Any:
         import faiss
 
-        hnsw = faiss.IndexHNSWFlat(index.dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw = faiss.IndexHNSWFlat(dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = self.hnsw_ef_construction
-        hnsw.add(index.vectors[: index.size])
-        index.hnsw = hnsw
+        hnsw.add(vectors)
+        return hnsw
+
+    def _start_build(self, collection: str, index: _Index) -> None:
+        """Build the HNSW graph in a thread; until it is ready, searches stay exact (slower, never wrong).
+
+        Building 100k vectors takes tens of seconds: a search must not wait for it.
+        """
+        index.building = True
+        layout = index.layout
+        snapshot = index.vectors[: index.size].copy()
+
+        def build() -> None:
+            try:
+                hnsw = self._new_hnsw(index.dimension, snapshot)
+            except Exception:
+                # Searches stay exact and correct; the next catch-up tries again. Logged, not hidden.
+                logger.exception("building the HNSW index of vector collection %r failed", collection)
+                hnsw = None
+            with self._lock:
+                index.building = False
+                current = self._indexes.get(collection) is index and index.layout == layout
+                if hnsw is not None and current and index.hnsw is None:
+                    # Rows appended meanwhile sit past hnsw.ntotal: searched exactly until added.
+                    index.hnsw = hnsw
+
+        thread = threading.Thread(target=build, name=f"hnsw-build-{collection}", daemon=True)
+        self._builds[collection] = thread
+        thread.start()
+
+    def wait_for_index(self, collection_name: str, timeout: float | None = None) -> bool:
+        """Catch up with ``collection_name`` and wait for a pending HNSW build; True if HNSW now serves it.
+
+        For benchmarks, tests and warm-up at worker start (``worker_process_init``).
+        """
+        collection = validate_collection_name(collection_name)
+        with self._lock:
+            index = self._catch_up(collection)
+            thread = self._builds.get(collection)
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            index = self._catch_up(collection)
+            return index is not None and index.hnsw is not None
 
     # --- health --------------------------------------------------------------------------------------
 

@@ -127,6 +127,12 @@ def test_hnsw_path_matches_exact_search_and_honours_tombstones(tmp_path: Path) -
         ],
     )
     queries = clustered(50, seed=1)
+    # Until the background build is done, searches are exact (and right).
+    assert (
+        service.search_vector("big", queries[0], limit=10)[0][0]
+        == service.exact_search_vector("big", queries[0])[0]
+    )
+    assert service.wait_for_index("big", timeout=120)
     hits = 0
     for query in queries:
         approx = [i for i, _ in service.search_vector("big", query, limit=10)]
@@ -166,6 +172,7 @@ def test_filtered_search_on_a_large_collection(tmp_path: Path) -> None:
             for n, v in enumerate(vectors)
         ],
     )
+    assert service.wait_for_index("big", timeout=120)
     index = service._catch_up("big")
     assert index is not None and index.hnsw is not None
     query = vectors[10]
