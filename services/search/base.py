@@ -61,7 +61,7 @@ class SearchService(Protocol):
 
     def index_log(self, entry: Mapping[str, Any]) -> str: ...
 
-    def search_logs(  # noqa: PLR0917 - the guide's signature
+    def search_logs(
         self,
         query: str | None = None,
         level: str | None = None,
@@ -257,16 +257,15 @@ def normalize_execution(execution_id: object, data: Mapping[str, Any]) -> Execut
 
 def _canonical(content: Mapping[str, Any], what: str) -> str:
     try:
-        return json.dumps(
-            content,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            default=_json_default,
-            allow_nan=False,
-        )
+        return _CANONICAL.encode(content)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+# One encoder for every log: json.dumps with non-default options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default, allow_nan=False
+)
 
 
 def log_id(entry: Mapping[str, Any]) -> str:

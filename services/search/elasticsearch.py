@@ -332,7 +332,7 @@ class ElasticsearchSearchService:
         docs = [normalize_log(e) for e in entries]
         return self._bulk("logs", [(d.id, d.source) for d in docs])
 
-    def search_logs(  # noqa: PLR0917 - the guide's signature
+    def search_logs(
         self,
         query: str | None = None,
         level: str | None = None,

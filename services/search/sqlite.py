@@ -2,7 +2,8 @@
 
 Schema, chosen for the log query at a million entries (a two-word query, newest first, a few filters):
 
-- ``logs`` is a plain table whose integer key ``rid`` encodes the entry's time: ``(timestamp_ms << 20) | n``.
+- ``logs`` is a plain table whose integer key ``rid`` encodes the entry's time:
+  ``(timestamp_ms << 20) | (crc32(id) & 0xFFFFF)`` (ms precision, the same as an Elasticsearch ``date``).
   The full-text index ``logs_fts`` is an FTS5 *external-content* table over ``logs.message`` keyed by the
   same ``rid``. FTS5 walks a term's doclist in rowid order, so "newest first" is ``ORDER BY rowid DESC`` and
   a ``LIMIT`` stops the walk after the page is full instead of ranking every match; a time range becomes a
@@ -29,6 +30,7 @@ import json
 import os
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +58,7 @@ from services.search.base import (
 SCHEMA_VERSION = 1
 #: bm25 column weights of workflows_fts (name, description): a name hit counts ten description hits.
 NAME_WEIGHT, DESCRIPTION_WEIGHT = 10.0, 1.0
-#: Entries sharing one millisecond get consecutive rids; 2**20 per millisecond is more than any writer makes.
+#: The low 20 bits of a log rid are a hash of its id (probing on collision): 2**20 slots per millisecond.
 _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 # SQLite's default limit on bound parameters is 32766 in 3.32+; chunks stay far below it.
@@ -446,8 +448,7 @@ class SqliteSearchService:
             sql = f"SELECT id, rid, source, message FROM logs WHERE id IN ({marks})"  # noqa: S608 - only marks
             for lid, rid, source, message in conn.execute(sql, chunk):
                 existing[lid] = (rid, source, message)
-        next_seq: dict[int, int] = {}
-        rows: list[tuple[Any, ...]] = []
+        fresh: list[tuple[int, LogDoc]] = []
         for doc in latest.values():
             found = existing.get(doc.id)
             if found is not None:
@@ -459,18 +460,22 @@ class SqliteSearchService:
                     (old_rid, old_message),
                 )
                 conn.execute("DELETE FROM logs WHERE rid = ?", (old_rid,))
-            millis = doc.timestamp_us // 1000
-            seq = next_seq.get(millis)
-            if seq is None:
-                base = millis << _SEQ_BITS
-                top = conn.execute(
-                    "SELECT max(rid) FROM logs WHERE rid BETWEEN ? AND ?", (base, base | _SEQ_MASK)
-                ).fetchone()[0]
-                seq = 0 if top is None else (top & _SEQ_MASK) + 1
-            if seq > _SEQ_MASK:
-                raise InvalidInput(f"more than {_SEQ_MASK + 1} log entries in the millisecond of {doc.id!r}")
-            next_seq[millis] = seq + 1
-            rid = (millis << _SEQ_BITS) | seq
+            fresh.append(
+                (((doc.timestamp_us // 1000) << _SEQ_BITS) | (zlib.crc32(doc.id.encode()) & _SEQ_MASK), doc)
+            )
+        # The low bits come from the id's hash, so rids rarely collide; one IN query per chunk finds the
+        # collisions with stored rows, and a colliding entry probes the next free slot of its millisecond.
+        taken: set[int] = set()
+        wanted = [rid for rid, _ in fresh]
+        for start in range(0, len(wanted), _IN_CHUNK):
+            rid_chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(rid_chunk))
+            sql = f"SELECT rid FROM logs WHERE rid IN ({marks})"  # noqa: S608 - only marks
+            taken.update(r for (r,) in conn.execute(sql, rid_chunk))
+        rows: list[tuple[Any, ...]] = []
+        for hashed_rid, doc in fresh:
+            rid = self._free_rid(conn, hashed_rid, taken, doc.id) if hashed_rid in taken else hashed_rid
+            taken.add(rid)
             rows.append(
                 (
                     rid,
@@ -490,7 +495,19 @@ class SqliteSearchService:
         )
         conn.executemany("INSERT INTO logs_fts(rowid, message) VALUES (?, ?)", [(r[0], r[6]) for r in rows])
 
-    def search_logs(  # noqa: PLR0917 - the guide's signature
+    @staticmethod
+    def _free_rid(conn: sqlite3.Connection, rid: int, taken: set[int], doc_id: str) -> int:
+        base = rid & ~_SEQ_MASK
+        for step in range(1, _SEQ_MASK + 1):
+            candidate = base | ((rid + step) & _SEQ_MASK)
+            if candidate in taken:
+                continue
+            if conn.execute("SELECT 1 FROM logs WHERE rid = ?", (candidate,)).fetchone() is None:
+                return candidate
+            taken.add(candidate)
+        raise InvalidInput(f"more than {_SEQ_MASK + 1} log entries in the millisecond of {doc_id!r}")
+
+    def search_logs(
         self,
         query: str | None = None,
         level: str | None = None,

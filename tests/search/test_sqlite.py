@@ -3,9 +3,11 @@ a schema whose log query never sorts, and the cached factory."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sqlite3
+import zlib
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,39 @@ def test_factory_builds_sqlite_under_data_dir_once_per_process() -> None:
         reset_search_service()
     assert get_search_service() is not service
     reset_search_service()
+
+
+def _colliding_ids() -> tuple[str, str]:
+    """Two ids whose rid slots (crc32 low 20 bits) are equal, so they contend for one rid in a millisecond."""
+    seen: dict[int, str] = {}
+    for n in itertools.count():
+        candidate = f"log-{n}"
+        slot = zlib.crc32(candidate.encode()) & 0xFFFFF
+        if slot in seen:
+            return seen[slot], candidate
+        seen[slot] = candidate
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_entries_in_one_millisecond_with_colliding_slots_are_all_kept(tmp_path: Path, together: bool) -> None:
+    first, second = _colliding_ids()
+    service = SqliteSearchService(tmp_path / "search.db")
+    entries = [
+        {
+            "id": log_id,
+            "timestamp": "2024-01-01T00:00:00.000500Z",
+            "level": "INFO",
+            "message": f"same ms {log_id}",
+        }
+        for log_id in (first, second)
+    ]
+    if together:
+        assert service.bulk_index_logs(entries) == 2
+    else:
+        service.index_log(entries[0])
+        service.index_log(entries[1])
+
+    assert service.count("logs") == 2
+    assert {r["id"] for r in service.search_logs(query="same ms")} == {first, second}
+    service.close()
