@@ -156,6 +156,16 @@ def test_hnsw_path_matches_exact_search_and_honours_tombstones(tmp_path: Path) -
     target = service.search_vector("big", moved[5], limit=1)
     assert target[0][0] == "v5" and target[0][1] == pytest.approx(1.0, abs=1e-5)
 
+    # Enough new rows are added to the graph itself (until then they are searched exactly as its tail).
+    index = service._indexes["big"]
+    before = index.hnsw.ntotal
+    late = clustered(2100, seed=4)
+    service.store_vectors(
+        "big", [{"id": f"late{n}", "text": "late", "vector": v.tolist()} for n, v in enumerate(late)]
+    )
+    assert service.search_vector("big", late[2000], limit=1)[0][0] == "late2000"
+    assert index.hnsw.ntotal == index.size == before + 300 + 2100  # the 300 replaced rows were tail too
+
 
 def test_filtered_search_on_a_large_collection(tmp_path: Path) -> None:
     service = EmbeddedVectorService(path=tmp_path / "v.db", embedder=None, hnsw_threshold=500, hnsw_m=16)
