@@ -21,6 +21,7 @@ Figures, each against a baseline measured in the same run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -278,6 +279,7 @@ def run(smoke: bool = False) -> dict[str, Any]:
         reader.search_similar("bench", queries[0], limit=10, score_threshold=0.0)
         results["catch_up_1000_ms"] = (time.perf_counter() - started) * 1000
         results["count"] = reader.count("bench")
+        results["load"] = os.getloadavg()[0]
         reader.close()
         service.close()
     return results
@@ -291,7 +293,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['n']:,} generated workflow descriptions embedded by tokenlearn-static-model "
         f"({results['dimension']} dimensions); {results['queries']} query descriptions not in the store. "
         f"HNSW (faiss) M={results['hnsw']['m']}, efConstruction={results['hnsw']['ef_construction']}. "
-        "One run on a shared 2-core machine.",
+        f"One run on a shared 2-core machine (load average {results['load']:.1f} at the end: other work ran "
+        "alongside, so rates are conservative).",
         "",
         "## Bulk store",
         "",
@@ -336,7 +339,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- First search of a fresh process (reads {results['n']:,} rows from SQLite, starts the HNSW build "
         f"in a thread, answers exactly): {results['first_search_s']:.2f} s; HNSW ready after "
         f"{results['hnsw_ready_s']:.1f} s (searches are exact until then).",
-        f"- First search after another writer stored 1,000 more rows (incremental catch-up + HNSW add): "
+        f"- First search after another writer stored 1,000 more rows (incremental catch-up; new rows are "
+        f"searched exactly until 2,048 gather, then added to the graph): "
         f"{results['catch_up_1000_ms']:.1f} ms. Collection count afterwards: {results['count']:,}.",
         "",
     ]

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any, Protocol, TypedDict, runtime_checkable
@@ -327,8 +327,3 @@ def embed_query(collection: str, query_text: str, embedder: Embedder) -> npt.NDA
 def score_from_cosine_distance(distance: float) -> float:
     """Weaviate's cosine distance ``d = 1 - cos`` as our score ``cos``, clamped to [-1, 1]."""
     return max(-1.0, min(1.0, 1.0 - float(distance)))
-
-
-def check_ids_unique_last_wins(items: Iterable[PreparedItem]) -> dict[str, int]:
-    """Map each id to the index of its last occurrence: a batch naming an id twice stores the last one."""
-    return {item.id: index for index, item in enumerate(items)}

@@ -27,6 +27,7 @@ How our contract maps onto Weaviate:
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -159,6 +160,10 @@ class WeaviateVectorService:
             yield
         except UnexpectedStatusCodeError as exc:
             status = exc.status_code
+            if status in {401, 403}:
+                raise ConfigurationError(
+                    f"Weaviate refused {action} ({status}): check WEAVIATE_API_KEY: {exc.message}"
+                ) from exc
             if status == 429 or status >= 500:
                 raise BackendUnavailable(f"Weaviate: {action} failed ({status}): {exc.message}") from exc
             raise InvalidInput(f"Weaviate refused {action} ({status}): {exc.message}") from exc
@@ -371,8 +376,6 @@ class WeaviateVectorService:
             InvalidInput: bad arguments, or a query embedding of another dimension than the collection's.
             BackendUnavailable: the server did not answer.
         """
-        import json
-
         from weaviate.classes.query import Filter, MetadataQuery
 
         collection = validate_collection_name(collection_name)

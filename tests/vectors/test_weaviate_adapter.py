@@ -243,3 +243,23 @@ def test_fake_reproduces_weaviate_semantics(fake_weaviate: FakeWeaviateClient) -
         handle.query.near_vector([1.0, 0.0], filters=Filter.by_property("hidden").equal("x"))
     assert handle.query.near_vector([1.0, 0.0], distance=0.1).objects[0].uuid == a
     assert len(handle.query.near_vector([1.0, 0.0], distance=0.1).objects) == 1
+
+
+def test_status_codes_map_onto_the_error_tree(service: WeaviateVectorService) -> None:
+    import httpx
+    from weaviate.exceptions import UnexpectedStatusCodeError
+
+    from services.errors import InvalidInput
+
+    def status(code: int) -> UnexpectedStatusCodeError:
+        request = httpx.Request("POST", "http://weaviate/v1/schema")
+        return UnexpectedStatusCodeError("create", httpx.Response(code, json={}, request=request))
+
+    for code, error in (
+        (401, ConfigurationError),
+        (422, InvalidInput),
+        (429, BackendUnavailable),
+        (503, BackendUnavailable),
+    ):
+        with pytest.raises(error, match=str(code)), service._errors("creating collection X"):
+            raise status(code)
