@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_health_check_reports_model_and_dimension(local: LocalEmbedder) -> None:
     }
 
 
-def test_loads_and_embeds_with_the_network_forbidden(tmp_path: object) -> None:
+def test_loads_and_embeds_with_the_network_forbidden() -> None:
     """In a fresh interpreter where every socket connect and DNS lookup raises, the model still loads."""
     script = textwrap.dedent(
         """
@@ -114,7 +115,13 @@ def test_loads_and_embeds_with_the_network_forbidden(tmp_path: object) -> None:
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_PROXY": "*"}
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 64)"
