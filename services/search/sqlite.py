@@ -1,4 +1,4 @@
-"""The embedded search backend: SQLite FTS5 with bm25 ranking, one database file, no server.
+"""The embedded search backend: SQLite FTS5 (bm25 for workflows, newest first for logs), one file, no server.
 
 Schema, chosen for the log query at a million entries (a two-word query, newest first, a few filters):
 
@@ -609,7 +609,7 @@ def _with_score(source: str, rank: float | None, doc_id: str | None = None) -> D
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of the schema script; trigger bodies contain ``;`` so split on complete statements."""
+    """The statements of the schema script, split where ``sqlite3.complete_statement`` says one ends."""
     statements: list[str] = []
     current = ""
     for line in script.splitlines(keepends=True):
