@@ -42,6 +42,7 @@ class E5Embedder:
     def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
         self._max_tokens = max_tokens
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
         self._model: Any = None
 
     @property
@@ -95,7 +96,10 @@ class E5Embedder:
         """
         items = validate_texts(texts)
         model = self._load()
-        fitted = [self._fit(text) for text in items]
+        # The C engine keeps per-model scratch state (tokenizer included): one caller at a time.
+        with self._engine_lock:
+            fitted = [self._fit(text) for text in items]
+            vectors = model.encode(fitted, True)
         cut = [
             index for index, (before, after) in enumerate(zip(items, fitted, strict=True)) if before != after
         ]
@@ -109,8 +113,6 @@ class E5Embedder:
                 MODEL_NAME,
                 cut[:10],
             )
-        with self._lock:  # the C engine keeps per-model scratch state: one batch at a time
-            vectors = model.encode(fitted, True)
         return normalize_rows(vectors.reshape(len(fitted), model.dim), MODEL_NAME)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

@@ -4,6 +4,7 @@ so this runs everywhere the test suite does)."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -75,3 +76,12 @@ def test_factory_chooses_e5_by_setting(fresh_settings: pytest.MonkeyPatch) -> No
     fresh_settings.setenv("LOCAL_EMBEDDING_MODEL", "e5")
     reload_settings()
     assert isinstance(get_embedder(), E5Embedder)
+
+
+def test_threads_sharing_one_embedder_get_the_serial_answers(e5: E5Embedder) -> None:
+    texts = [f"route ticket {i} to the billing queue" for i in range(6)]
+    serial = [e5.embed_array([text])[0] for text in texts]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        parallel = list(pool.map(lambda text: e5.embed_array([text])[0], texts))
+    for alone, shared in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(shared, alone, atol=1e-6)

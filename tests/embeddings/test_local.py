@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,11 @@ def test_a_forked_child_builds_its_own_embedder(fresh_settings: pytest.MonkeyPat
     os.waitpid(pid, 0)
     assert answer == b"own"
     assert get_embedder() is parent
+
+
+def test_threads_sharing_one_embedder_get_the_serial_answers(local: LocalEmbedder) -> None:
+    texts = [f"route ticket {i} to the billing queue" for i in range(200)]
+    serial = local.embed_array(texts)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = np.vstack(list(pool.map(lambda text: local.embed_array([text]), texts)))
+    np.testing.assert_allclose(parallel, serial, atol=1e-6)
