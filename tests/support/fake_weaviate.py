@@ -1,4 +1,4 @@
-"""A stand-in for the part of the ``weaviate-client`` v4 surface that ``services.vectors.weaviate_backend`` uses.
+"""A stand-in for the ``weaviate-client`` v4 surface that ``services.vectors.weaviate_backend`` uses.
 
 No Weaviate server can run here, so this is as close as we can get without one. It is built from the
 client's own pieces wherever the client does work before the wire:
@@ -328,7 +328,7 @@ class _Data:
                 f"class {cls.name} has no vectorizer: a vector for each of {sorted(cls.vectors)} is required"
             )
         if not isinstance(obj.vector, dict):
-            return f"collection {cls.name} is configured with named vectors {sorted(cls.vectors)}; got an unnamed one"
+            return f"collection {cls.name} has named vectors {sorted(cls.vectors)}; got an unnamed vector"
         vectors: dict[str, np.ndarray] = {}
         for vector_name, raw in obj.vector.items():
             if vector_name not in cls.vectors:
