@@ -308,6 +308,8 @@ def query_terms(query: str | None) -> list[str] | None:
         return None
     if not isinstance(query, str):
         raise InvalidInput(f"query must be a string, got {query!r}")
+    # NUL ends a C string: FTS5 would see an unterminated quoted string. It is no word character anyway.
+    query = query.replace("\x00", " ")
     if not query.strip():
         return None
     return [chunk for chunk in query.split() if _WORD.search(chunk)]

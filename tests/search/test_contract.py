@@ -98,6 +98,7 @@ def test_limit_is_respected(search: SearchService) -> None:
         "invoice^2 ~ {x}",
         '""invoice""',
         "invoice \\",
+        "invoice\x00mailer",
     ],
 )
 def test_query_syntax_in_user_input_is_just_text(search: SearchService, query: str) -> None:

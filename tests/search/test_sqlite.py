@@ -8,9 +8,12 @@ import multiprocessing
 import os
 import sqlite3
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import reload_settings
 from services.errors import BackendUnavailable
@@ -233,3 +236,26 @@ def test_entries_in_one_millisecond_with_colliding_slots_are_all_kept(tmp_path: 
     assert service.count("logs") == 2
     assert {r["id"] for r in service.search_logs(query="same ms")} == {first, second}
     service.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteSearchService]:
+    service = SqliteSearchService(tmp_path_factory.mktemp("fuzz") / "search.db")
+    service.index_workflow(
+        "wf", {"name": 'Invoice "mailer" (v2)', "description": "sends AND stores NEAR files*"}
+    )
+    service.index_log(
+        {"timestamp": "2024-01-01T00:00:00Z", "level": "INFO", "message": 'a "quoted" OR b* -c'}
+    )
+    yield service
+    service.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=st.text(max_size=40))
+def test_no_user_query_breaks_fts5_syntax(fuzz_service: SqliteSearchService, query: str) -> None:
+    workflows = fuzz_service.search_workflows(query)
+    logs = fuzz_service.search_logs(query=query)
+
+    assert all(r["id"] == "wf" for r in workflows)
+    assert len(logs) <= 1
