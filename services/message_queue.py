@@ -12,13 +12,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from celery import Celery
+from celery import Celery, chain, group
+from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 
 import celeryconfig
@@ -27,7 +28,7 @@ from config.queues import Queue
 from services import deliveries
 from services.dead_letters import DeadLetter, DeadLetterStore
 from services.errors import BackendUnavailable, InvalidInput, NotFound
-from services.messages import ExecuteWorkflow, JsonObject, resolve_queue, validate
+from services.messages import ExecuteWorkflow, JsonObject, known_actions, resolve_queue, validate
 from services.redis_client import get_redis
 
 #: States :meth:`MessageQueue.get_status` reports beyond Celery's own.
@@ -35,10 +36,31 @@ EXPIRED = "EXPIRED"
 DEAD_LETTERED = "DEAD_LETTERED"
 
 
+class ProducerRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
+    """The Redis result backend as producers use it.
+
+    Celery's Redis backend subscribes to a pub/sub channel for every task a process sends, so that a later
+    ``AsyncResult.get()`` wakes up at once. Our producers never block on results (they read statuses with
+    ``get_status``), so the subscription would only cost a round trip per message and a connection that
+    stays open.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+    def on_result_fulfilled(self, result: Any) -> None:
+        # Nothing was subscribed, so there is nothing to unsubscribe (Celery would open a pub/sub
+        # connection just to do it when an AsyncResult is garbage-collected).
+        return None
+
+
 def make_producer_app(settings: Settings | None = None) -> Celery:
     """A Celery app that only sends: configured like the workers, with no task modules imported."""
     app = Celery("wft-producer", set_as_current=False)
-    app.conf.update(celeryconfig.build(settings or get_settings()))
+    conf = celeryconfig.build(settings or get_settings())
+    if str(conf["result_backend"]).startswith(("redis://", "rediss://", "unix://")):
+        conf["result_backend"] = f"{__name__}:ProducerRedisBackend+{conf['result_backend']}"
+    app.conf.update(conf)
     return app
 
 
@@ -106,8 +128,47 @@ class MessageQueue:
         if action.model is ExecuteWorkflow and "execution_id" not in body:
             # The execution keeps its identity across redeliveries and dead-letter replays.
             body["execution_id"] = message_id
-        self._send(action.task, body, action.queue, pri, message_id, countdown=delay or None, expires=ttl)
+        self._send(
+            action.task, body, action.queue, pri, message_id, countdown=delay or None, expires=ttl,
+            follow_up=action.follow_up,
+        )  # fmt: skip
         return message_id
+
+    def enqueue_group(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+        """Validate every ``(queue_name, payload)`` and send them together as a Celery ``group``.
+
+        Nothing is sent if any payload is invalid; the error names its position. Returns the message ids.
+        """
+        signatures = []
+        ids = []
+        for index, (queue_name, payload) in enumerate(messages):
+            try:
+                action, body = validate(queue_name, payload)
+            except InvalidInput as exc:
+                raise InvalidInput(f"message {index}: {exc}") from None
+            message_id = str(uuid.uuid4())
+            options = self._options(action.queue, 0, message_id)
+            signatures.append(self.app.signature(action.task, kwargs={"payload": body}, **options))
+            ids.append(message_id)
+        try:
+            group(signatures).apply_async()
+        except OperationalError as exc:
+            raise BackendUnavailable(f"could not send a group of {len(ids)} messages: {exc}") from exc
+        return ids
+
+    def _options(
+        self, queue: Queue, priority: int, message_id: str, countdown: float | None = None,
+        expires: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        return {
+            "task_id": message_id,
+            "queue": queue.value,
+            "routing_key": queue.value,
+            "priority": celeryconfig.broker_priority(priority, self.settings.effective_broker_url),
+            "countdown": countdown,
+            "expires": expires,
+            "headers": {"wft_priority": priority},
+        }
 
     def _send(
         self,
@@ -118,19 +179,17 @@ class MessageQueue:
         message_id: str,
         countdown: float | None = None,
         expires: float | None = None,
+        follow_up: tuple[str, ...] = (),
     ) -> None:
+        options = self._options(queue, priority, message_id, countdown, expires)
         try:
-            self.app.send_task(
-                task,
-                kwargs={"payload": body},
-                task_id=message_id,
-                queue=queue.value,
-                routing_key=queue.value,
-                priority=celeryconfig.broker_priority(priority, self.settings.effective_broker_url),
-                countdown=countdown,
-                expires=expires,
-                headers={"wft_priority": priority},
-            )
+            if follow_up:
+                # A canvas by task names only: the producer needs none of the worker code.
+                first = self.app.signature(task, kwargs={"payload": body}, **options)
+                then = group(self.app.signature(name) for name in follow_up)
+                chain(first, then).apply_async()
+            else:
+                self.app.send_task(task, kwargs={"payload": body}, **options)
         except OperationalError as exc:
             raise BackendUnavailable(
                 f"could not send to queue '{queue.value}': broker at "
@@ -209,6 +268,15 @@ class MessageQueue:
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
+    def close(self) -> None:
+        """Close the broker and result-backend connections this instance opened."""
+        self.app.close()
+        backend = self.app._backend  # None unless a status was ever read
+        client = getattr(backend, "__dict__", {}).get("client")
+        if client is not None:
+            client.close()
+            client.connection_pool.disconnect()
+
     # --- dead letters ----------------------------------------------------------------------------------
     @cached_property
     def dead_letters(self) -> DeadLetterStore:
@@ -232,7 +300,10 @@ class MessageQueue:
         queue = resolve_queue(record["queue"])
         new_id = str(uuid.uuid4())
         payload = cast("JsonObject", record.get("kwargs", {}).get("payload", {}))
-        self._send(record["task"], payload, queue, int(record.get("priority", 0)), new_id)
+        follow_up = next((a.follow_up for a in known_actions() if a.task == record["task"]), ())
+        self._send(
+            record["task"], payload, queue, int(record.get("priority", 0)), new_id, follow_up=follow_up
+        )
         self.dead_letters.remove(message_id)
         return new_id
 
@@ -260,4 +331,6 @@ def reset_message_queue() -> None:
     """Forget the process-wide instance (tests, settings reloads)."""
     global _instance  # noqa: PLW0603
     with _lock:
+        if _instance is not None:
+            _instance.close()
         _instance = None

@@ -70,7 +70,7 @@ class ExecutionDoc(Document):
 
 
 class ExecuteWorkflow(Payload):
-    """``workflow_execution``: run a registered workflow. The guide sends no action: ``execute`` is implied."""
+    """``workflow_execution``: run a registered workflow. The guide sends no action (``execute``)."""
 
     action: Literal["execute"] = "execute"
     workflow_id: Id
@@ -113,25 +113,40 @@ class Action:
     name: str
     model: type[Payload]
     task: str
+    #: Tasks run together (a Celery group) after this one succeeds, each given its result: a canvas chain.
+    follow_up: tuple[str, ...] = ()
 
 
 _ACTIONS: dict[tuple[Queue, str], Action] = {}
 _DEFAULT_ACTION: dict[Queue, str] = {Queue.WORKFLOW_EXECUTION: "execute"}
 
 
-def register_action(queue: Queue | str, name: str, model: type[Payload], task: str | None = None) -> Action:
+def register_action(
+    queue: Queue | str,
+    name: str,
+    model: type[Payload],
+    task: str | None = None,
+    follow_up: tuple[str, ...] = (),
+) -> Action:
     """Declare that ``queue`` takes ``action=name`` payloads shaped like ``model``, run by ``task``.
 
     The task name defaults to ``<queue>.<name>``, which the routes in ``celeryconfig`` send to ``queue``.
+    ``follow_up`` names tasks that run as a group on the result once the task succeeds.
     """
     q = Queue(queue)
-    action = Action(q, name, model, task or f"{q.value}.{name}")
+    action = Action(q, name, model, task or f"{q.value}.{name}", follow_up)
     _ACTIONS[(q, name)] = action
     return action
 
 
+#: What follows an execution: ``chain(execute, group(index_execution, index_logs, update_workflow_stats))``.
+EXECUTION_FOLLOW_UP = (
+    "indexing_tasks.index_execution",
+    "indexing_tasks.index_logs",
+    "analytics_tasks.update_workflow_stats",
+)
+register_action(Queue.WORKFLOW_EXECUTION, "execute", ExecuteWorkflow, follow_up=EXECUTION_FOLLOW_UP)
 for _queue, _name, _model in (
-    (Queue.WORKFLOW_EXECUTION, "execute", ExecuteWorkflow),
     (Queue.INDEXING, "index_workflow", IndexWorkflow),
     (Queue.INDEXING, "index_execution", IndexExecution),
     (Queue.INDEXING, "index_log", IndexLog),

@@ -7,6 +7,6 @@ from celery import Celery
 app = Celery(
     "wft",
     task_cls="tasks.base:BaseTask",
-    include=["tasks.dead_letter"],
+    include=["tasks.execution", "tasks.indexing", "tasks.vectors", "tasks.analytics", "tasks.dead_letter"],
 )
 app.config_from_object("celeryconfig")

@@ -118,7 +118,9 @@ def test_health_check_unhealthy_when_broker_is_down(tmp_path) -> None:
     from tests.support.servers import free_port
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    health = MessageQueue(settings=settings).health_check()
+    queue = MessageQueue(settings=settings)
+    health = queue.health_check()
+    queue.close()
     assert health["status"] == "unhealthy"
     assert health["error"]
 

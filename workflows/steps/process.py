@@ -11,6 +11,7 @@ New operations join with :func:`register_operation`.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -286,6 +287,18 @@ def _set_field(value: Any, params: SetFieldParams) -> Any:
     out = _dict(value, "set_field")
     out[params.name] = params.value
     return out
+
+
+class DelayParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = Field(ge=0, le=300)
+
+
+@register_operation("delay", DelayParams)
+def _delay(value: Any, params: DelayParams) -> Any:
+    """The data unchanged, ``seconds`` later (a wait step; bounded by the step timeout)."""
+    time.sleep(params.seconds)
+    return value
 
 
 class FieldsParams(BaseModel):
