@@ -149,15 +149,22 @@ class SqliteSearchService:
 
     # --- connection -------------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if self._conn is not None and self._pid == pid:
-            return self._conn
-        if self._conn is not None:
-            self._inherited.append(self._conn)
+    def _guard(self) -> threading.RLock:
+        """This process's lock. In a forked child the parent's lock may be held by a thread that does not
+        exist here, so the child forgets the lock and the connection before taking anything."""
+        if self._pid is not None and self._pid != os.getpid():
+            if self._conn is not None:
+                self._inherited.append(self._conn)
+            self._conn = None
+            self._pid = None
             self._lock = threading.RLock()
-        self._conn = self._open()
-        self._pid = pid
+        return self._lock
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection of this process, opened on first use (call with the lock from ``_guard`` held)."""
+        if self._conn is None:
+            self._conn = self._open()
+            self._pid = os.getpid()
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -196,7 +203,7 @@ class SqliteSearchService:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._guard():
             conn = self._connection()
             try:
                 yield conn
@@ -207,7 +214,7 @@ class SqliteSearchService:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction. ``BEGIN IMMEDIATE`` takes the write lock up front (waiting up to the busy
         timeout), so two processes never deadlock upgrading read locks."""
-        with self._lock:
+        with self._guard():
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -225,7 +232,7 @@ class SqliteSearchService:
 
     def close(self) -> None:
         """Close this process's connection (a later call opens a new one)."""
-        with self._lock:
+        with self._guard():
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None

@@ -7,6 +7,7 @@ import itertools
 import multiprocessing
 import os
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,28 @@ def test_no_user_query_breaks_fts5_syntax(fuzz_service: SqliteSearchService, que
 
     assert all(r["id"] == "wf" for r in workflows)
     assert len(logs) <= 1
+
+
+def test_a_child_forked_while_a_thread_holds_the_lock_does_not_deadlock(tmp_path: Path) -> None:
+    service = SqliteSearchService(tmp_path / "search.db")
+    service.index_log({"timestamp": "2024-01-01T00:00:00Z", "level": "INFO", "message": "from the parent"})
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with service._guard():
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_child_writes, args=(service,))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        holder.join(10)
+    assert [r["message"] for r in service.search_logs(query="from")] == ["from the child", "from the parent"]
+    service.close()
