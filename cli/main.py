@@ -1,0 +1,263 @@
+"""``wft``: run the whole system on one machine, and operate it.
+
+Exit codes: 0 done, 1 failed, 2 bad input or usage, 69 a backend is unavailable, 78 misconfigured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from config import QUEUES, get_settings
+from services.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start Redis if none answers, a worker for every queue and Flower; run the demo; serve until Ctrl-C."""
+    from cli.demo import run_demo
+    from cli.processes import Child, celery_argv, redis_answers, start_redis
+    from services.message_queue import get_message_queue
+
+    settings = get_settings()
+    log_dir = settings.data_dir / "logs"
+    children: list[Child] = []
+    out = sys.stdout
+    try:
+        out.write(f"==> data in {settings.data_dir}, logs in {log_dir}\n")
+        if redis_answers(settings.redis_url):
+            out.write(f"==> Redis answers at {settings.redis_url}\n")
+        else:
+            out.write(
+                f"==> no Redis at {settings.redis_url}: starting redis-server, AOF in {settings.data_dir}\n"
+            )
+            children.append(start_redis(settings.redis_url, settings.data_dir / "redis", log_dir))
+        hostname = f"wft-{os.getpid()}@localhost"
+        worker_args = ["worker", "-Q", ",".join(QUEUES), "-n", hostname, "-E", "-l", "INFO",
+                       "--without-gossip", "--without-mingle"]  # fmt: skip
+        if args.concurrency:
+            worker_args += ["-c", str(args.concurrency)]
+        out.write(f"==> starting a Celery worker for all queues ({', '.join(QUEUES)})\n")
+        worker = Child("worker", celery_argv(*worker_args), log_dir).start()
+        children.append(worker)
+        flower_url = f"http://localhost:{settings.flower_port}"
+        if not args.no_flower:
+            env = dict(os.environ)
+            # Credentials travel in the environment, never on a command line that `ps` shows.
+            env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+            flower_argv = celery_argv("flower", f"--port={settings.flower_port}", "--persistent=True",
+                                      f"--db={settings.data_dir / 'flower.db'}")  # fmt: skip
+            children.append(Child("flower", flower_argv, log_dir, env=env).start())
+            out.write(f"==> starting Flower at {flower_url}\n")
+        queue = get_message_queue()
+        _wait_for_worker(queue.app, hostname, worker)
+        out.write("==> worker ready\n")
+        run_demo(queue, out, timeout=args.timeout)
+        out.write("\n== Where to look next\n")
+        if not args.no_flower:
+            password = (
+                settings.flower_password.get_secret_value()
+                if settings.environment == "development"
+                else "(the FLOWER_PASSWORD you set)"
+            )
+            out.write(f"  Flower:  {flower_url}  user {settings.flower_user}, password {password}\n")
+        out.write(
+            f"  Logs:    {log_dir}\n  Operate: wft status ID | wft dlq list | wft health | wft --help\n"
+        )
+        if args.exit_after_demo:
+            return EXIT_OK
+        out.write("\nRunning. Press Ctrl-C to stop everything this command started.\n")
+        while all(child.alive() for child in children):
+            time.sleep(1)
+        dead = [c for c in children if not c.alive()]
+        out.write(f"{dead[0].name} exited; its log:\n{dead[0].tail()}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        out.write("\n==> stopping\n")
+        return EXIT_OK
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def _wait_for_worker(app: Celery, hostname: str, worker: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            raise ConfigurationError(f"the worker exited at start:\n{worker.tail()}")
+        if app.control.ping(destination=[hostname], timeout=0.5):
+            return
+    raise BackendUnavailable(f"the worker did not answer within {timeout:.0f}s:\n{worker.tail()}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+    from services.message_queue import get_message_queue
+
+    run_demo(get_message_queue(), sys.stdout, timeout=args.timeout)
+    return EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from services.message_queue import get_message_queue
+
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"PAYLOAD is not valid JSON: {exc}") from None
+    message_id = get_message_queue().enqueue(
+        args.queue, payload, priority=args.priority, delay_seconds=args.delay, ttl_seconds=args.ttl
+    )
+    print(message_id)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.message_queue import get_message_queue
+
+    _print_json(get_message_queue().get_status(args.message_id))
+    return EXIT_OK
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from services.message_queue import get_message_queue
+
+    queue = get_message_queue()
+    if args.dlq_command == "list":
+        _print_json(queue.list_dead_letters(queue=args.queue, limit=args.limit))
+    elif args.dlq_command == "replay":
+        for message_id in args.ids:
+            print(f"{message_id} -> {queue.replay_dead_letter(message_id)}")
+    else:
+        for message_id in args.ids:
+            queue.purge_dead_letter(message_id)
+            print(f"{message_id} purged")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from services.message_queue import get_message_queue
+
+    queue = get_message_queue()
+    health = queue.health_check()
+    _print_json({"message_queue": health, "queues": {q: queue.queue_stats(q) for q in QUEUES}})
+    return EXIT_OK if health["status"] == "healthy" else EXIT_UNAVAILABLE
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from services.analytics import get_workflow_stats
+
+    _print_json(get_workflow_stats(args.workflow_id))
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A preset around ``celery worker``: our app, the named queues, events on for Flower."""
+    from cli.processes import celery_argv
+
+    queues = args.queues or ",".join(QUEUES)
+    unknown = [q for q in queues.split(",") if q not in QUEUES]
+    if unknown:
+        raise InvalidInput(f"unknown queue(s) {', '.join(unknown)}; expected some of: {', '.join(QUEUES)}")
+    argv = celery_argv("worker", "-Q", queues, "-E", "-l", args.loglevel, *(["-c", str(args.concurrency)]
+                       if args.concurrency else []), *args.celery_args)  # fmt: skip
+    os.execv(argv[0], argv)  # noqa: S606 - replaces this process with the worker, as a preset should
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="start Redis if needed, workers and Flower, run the demo, serve until Ctrl-C"
+    )
+    run.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo has run")
+    run.add_argument("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
+    run.add_argument("--timeout", type=float, default=300, help="seconds the demo may take (default 300)")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the demo against workers that already run")
+    demo.add_argument("--timeout", type=float, default=300)
+    demo.set_defaults(func=cmd_demo)
+
+    enqueue = sub.add_parser("enqueue", help="validate and enqueue one message; prints its id")
+    enqueue.add_argument("queue", choices=[q for q in QUEUES if q != "dead_letter"])
+    enqueue.add_argument(
+        "payload", metavar="PAYLOAD", help='the payload as JSON, e.g. \'{"workflow_id": "wf"}\''
+    )
+    enqueue.add_argument("--priority", type=int, default=None, help="0 (default) to 9; higher runs first")
+    enqueue.add_argument("--delay", type=float, default=0, help="seconds before it may run")
+    enqueue.add_argument("--ttl", type=float, default=None, help="seconds after which it is never run")
+    enqueue.set_defaults(func=cmd_enqueue)
+
+    status = sub.add_parser("status", help="a message's state, result or error, and attempts")
+    status.add_argument("message_id")
+    status.set_defaults(func=cmd_status)
+
+    dlq = sub.add_parser("dlq", help="list, replay or purge dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="dead letters, newest first")
+    dlq_list.add_argument("--queue", default=None, help="only those from this queue")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    for name, text in (("replay", "send again to the original queue"), ("purge", "drop for good")):
+        action = dlq_sub.add_parser(name, help=text)
+        action.add_argument("ids", nargs="+", metavar="ID")
+    dlq.set_defaults(func=cmd_dlq)
+
+    health = sub.add_parser("health", help="broker health and queue depths (exit 69 when unhealthy)")
+    health.set_defaults(func=cmd_health)
+
+    stats = sub.add_parser("stats", help="a workflow's statistics")
+    stats.add_argument("workflow_id")
+    stats.set_defaults(func=cmd_stats)
+
+    worker = sub.add_parser("worker", help="a Celery worker for some or all queues")
+    worker.add_argument(
+        "--queues", "-Q", default=None, help=f"comma-separated (default all: {','.join(QUEUES)})"
+    )
+    worker.add_argument("--concurrency", "-c", type=int, default=None)
+    worker.add_argument("--loglevel", "-l", default="INFO")
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed on to `celery worker` after --")
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BackendUnavailable as exc:
+        print(f"error: {exc}\nhint: is Redis running at REDIS_URL? `wft health` tells.", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
