@@ -27,15 +27,21 @@ class Rates:
 
 
 def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
+    from celery import Celery
+
+    import celeryconfig
     from bench import fabric_tasks as ft
-    from services.message_queue import get_message_queue
+    from config import get_settings
+    from services.message_queue import MessageQueue
     from services.redis_client import get_redis
 
-    client = get_redis()
+    client = get_redis(redis_url)
     client.flushdb()
     client.set(ft.TARGET, n)
     if kind == "bare":
-        app = ft.bare
+        # Stock Celery, configured like ours, sending by name.
+        app = Celery("bare-producer", set_as_current=False)
+        app.conf.update(celeryconfig.build(get_settings()))
         started = time.perf_counter()
         for _ in range(n):
             app.send_task("bench.bare_noop", queue="analytics_tasks", routing_key="analytics_tasks")
@@ -44,7 +50,7 @@ def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
                                loglevel="WARNING", app="bench.fabric_tasks:bare", include="",
                                env={"REDIS_URL": redis_url})  # fmt: skip
     else:
-        mq = get_message_queue()
+        mq = MessageQueue()
         started = time.perf_counter()
         for _ in range(n):
             mq.enqueue("analytics_tasks", {"action": "bench_noop"})
@@ -58,6 +64,7 @@ def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
                    what=f"{kind}: {n} tasks to finish")  # fmt: skip
     finally:
         worker.stop()
+        (app if kind == "bare" else mq.app).close()
     first, last = float(client.get(ft.FIRST) or 0), float(client.get(ft.LAST) or 0)
     return Rates(enqueue=n / enqueue_s, drain=(n - 1) / max(last - first, 1e-9))
 

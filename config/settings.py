@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     # --- workflows --------------------------------------------------------------------------------
     http_allow_private: bool = Field(
         False,
-        description="Let http steps reach private, loopback, link-local and reserved addresses (tests, labs).",
+        description="Let http steps reach private, loopback, link-local and reserved addresses (tests, labs)",
     )
     workflow_step_timeout: float = Field(
         60.0, gt=0, description="Seconds a workflow step may run when its node sets no timeout_seconds."
