@@ -184,6 +184,46 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, ge=1024, description="Largest response body an http step reads."
     )
 
+    # --- resilience, metrics ----------------------------------------------------------------------
+    circuit_breaker_enabled: bool = Field(
+        True, description="Guard backend calls with circuit breakers shared through Redis."
+    )
+    circuit_failure_threshold: int = Field(
+        5,
+        ge=1,
+        description="Backend failures within CIRCUIT_WINDOW seconds (all processes) that open a breaker.",
+    )
+    circuit_timeout: float = Field(
+        60.0, gt=0, description="Seconds a breaker stays open before it lets one probe call through."
+    )
+    circuit_window: float = Field(60.0, gt=0, description="Seconds over which a breaker counts failures.")
+    metrics_port: int = Field(9808, description="Port `python -m services.metrics` serves /metrics on.")
+
+    # --- batching (index and vector writes) --------------------------------------------------------
+    batch_max_size: int = Field(
+        500, ge=1, description="Most index or vector documents one bulk write of a worker process takes."
+    )
+    batch_flush_interval: float = Field(
+        0.05,
+        gt=0,
+        le=60,
+        description="Seconds a bulk write waits for more messages before it is written anyway.",
+    )
+
+    # --- maintenance (beat) -------------------------------------------------------------------------
+    artifact_retention_days: float = Field(
+        30.0, gt=0, description="Days finished execution records and their artifacts are kept."
+    )
+    maintenance_expire_interval: float = Field(
+        3600.0, ge=1, description="Seconds between two runs of the expiry task (Celery beat)."
+    )
+    maintenance_reconcile_interval: float = Field(
+        6 * 3600.0, ge=1, description="Seconds between two reconciliations of the indexes with the store."
+    )
+    maintenance_max_expired_per_run: int = Field(
+        10_000, ge=1, description="Most executions one expiry run deletes (the rest wait for the next)."
+    )
+
     # --- API, Flower ------------------------------------------------------------------------------
     api_keys: SecretStr = Field(
         SecretStr(f"{DEV_API_KEY}:admin"),
@@ -196,6 +236,13 @@ class Settings(BaseSettings):
     flower_password: SecretStr = Field(SecretStr(DEV_SECRET), description="Flower basic-auth password.")
     flower_port: int = Field(5555, description="Port Flower listens on.")
     api_port: int = Field(8000, description="Port the HTTP API listens on.")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds (0.0.0.0: every interface).")
+    health_check_timeout: float = Field(
+        5.0, gt=0, description="Seconds each readiness check (one backend) may take before it counts as down."
+    )
+    health_ping_timeout: float = Field(
+        1.0, gt=0, description="Seconds readiness waits for workers to answer a ping."
+    )
 
     @field_validator("data_dir")
     @classmethod
