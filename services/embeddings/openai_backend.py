@@ -41,6 +41,7 @@ from services.errors import (
     InvalidInput,
     PermanentError,
 )
+from services.resilience import circuit
 
 if TYPE_CHECKING:
     import openai
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 OPENAI_MAX_INPUTS = 2048
 OPENAI_MAX_REQUEST_TOKENS = 300_000
 OPENAI_MAX_INPUT_TOKENS = 8192
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 #: Status codes worth trying again: timeout, conflict, rate limit, and every server error.
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -250,7 +253,7 @@ class OpenAIEmbedder:
         return {
             "status": "healthy",
             "backend": "openai",
-            "base_url": self._base_url or "https://api.openai.com/v1",
+            "base_url": self._base_url or OPENAI_BASE_URL,
             "model": self._model,
             "dimension": int(vector.shape[1]),
             "latency_ms": round((time.perf_counter() - started) * 1000, 1),
@@ -284,9 +287,10 @@ class OpenAIEmbedder:
                     import openai
 
                     # max_retries=0: retrying is ours (see _request), so it is explicit and testable.
+                    # The base URL is always passed: given None the client would read OPENAI_BASE_URL itself.
                     self._client = openai.OpenAI(
                         api_key=self._api_key,
-                        base_url=self._base_url,
+                        base_url=self._base_url or OPENAI_BASE_URL,
                         timeout=self._timeout,
                         max_retries=0,
                     )
@@ -321,6 +325,12 @@ class OpenAIEmbedder:
             return np.concatenate([self._embed_batch(batch[:half]), self._embed_batch(batch[half:])], axis=0)
 
     def _request(self, batch: list[str], retries: int, split_on_timeout: bool = False) -> FloatMatrix:
+        # Through the server's circuit breaker, shared by every process through Redis: once a dead server
+        # has exhausted the retries of enough requests, the fleet fails fast (CircuitOpen) until a probe passes.
+        with circuit(f"openai@{self._base_url or 'api.openai.com'}"):
+            return self._request_with_retries(batch, retries, split_on_timeout)
+
+    def _request_with_retries(self, batch: list[str], retries: int, split_on_timeout: bool) -> FloatMatrix:
         import openai
 
         def retryable(exc: BaseException) -> bool:
