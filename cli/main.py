@@ -164,6 +164,26 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Rebuild the search and vector indexes from the object store, through the queues."""
+    from workflows.pipelines import Pipelines
+
+    def progress(phase: str, done: int, total: int) -> None:
+        width = 30
+        filled = width if not total else width * done // total
+        sys.stdout.write(f"\r  {phase:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    sent = Pipelines().reindex(progress=progress, batch=args.batch, resume=not args.restart)
+    print(
+        f"sent {sent['workflows']} workflows and {sent['executions']} executions to be indexed again; "
+        "the workers rebuild the indexes as they drain (watch `wft health`)"
+    )
+    return EXIT_OK
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """A preset around ``celery worker``: our app, the named queues, events on for Flower."""
     from cli.processes import celery_argv
@@ -226,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="a workflow's statistics")
     stats.add_argument("workflow_id")
     stats.set_defaults(func=cmd_stats)
+
+    reindex = sub.add_parser(
+        "reindex", help="rebuild search and vector indexes from the object store (resumes where it stopped)"
+    )
+    reindex.add_argument(
+        "--restart", action="store_true", help="start from the beginning, not the saved cursor"
+    )
+    reindex.add_argument("--batch", type=int, default=200, help="items sent per batch (default 200)")
+    reindex.set_defaults(func=cmd_reindex)
 
     worker = sub.add_parser("worker", help="a Celery worker for some or all queues")
     worker.add_argument(

@@ -13,7 +13,7 @@ On top of these, the guide's WorkflowEventHandler, WorkflowSearchService and Rec
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,8 @@ from workflows.model import ExecutionRecord, Workflow, parse_workflow
 from workflows.repository import WorkflowRepository
 
 VECTOR_COLLECTION = "workflows"
+REINDEX_CURSOR = "wft:reindex:cursor"
+Progress = Callable[[str, int, int], None]
 CANCEL_TTL = timedelta(days=1)
 
 
@@ -108,42 +110,68 @@ class Pipelines:
             raise NotFound(f"no execution {execution_id!r} has been recorded (it may still be queued)")
         return record
 
-    def reindex(self, progress: Callable[[str, int], None] | None = None, batch: int = 500) -> dict[str, int]:
-        """Send every stored workflow and execution through the indexing and vector queues again.
+    def reindex(
+        self, progress: Progress | None = None, batch: int = 200, resume: bool = True
+    ) -> dict[str, int]:
+        """Send every stored workflow and finished execution through the indexing and vector queues again.
 
-        ``progress(kind, done)`` is called after each batch. Returns counts of workflows and executions sent.
+        Resumable: after each batch the last id sent is kept in Redis, and a later call with ``resume``
+        (the default) continues after it; a finished reindex clears it. ``progress(phase, done, total)``
+        is called after each batch. Returns how many workflows and executions were sent.
         """
-        counts = {"workflows": 0, "executions": 0}
-        pending: list[tuple[str, Mapping[str, Any]]] = []
+        client = get_redis()
+        cursor: dict[str, str] = {}
+        if resume:
+            raw = client.get(REINDEX_CURSOR)
+            cursor = json.loads(raw) if raw else {}
+        else:
+            client.delete(REINDEX_CURSOR)
+        sent = {"workflows": 0, "executions": 0}
+        phases = (
+            ("workflows", self.repository.list_workflow_ids(), self._workflow_messages),
+            ("executions", self.repository.list_execution_ids(), self._execution_messages),
+        )
+        for index, (phase, ids, messages_for) in enumerate(phases):
+            if cursor.get("phase") and [p for p, _, _ in phases].index(cursor["phase"]) > index:
+                continue  # finished in an earlier run
+            after = cursor.get("after") if cursor.get("phase") == phase else None
+            todo = [i for i in ids if after is None or i > after]
+            done = len(ids) - len(todo)
+            for start in range(0, len(todo), batch):
+                chunk = todo[start : start + batch]
+                messages = [m for item_id in chunk for m in messages_for(item_id)]
+                if messages:
+                    self.queue.enqueue_group(messages)
+                sent[phase] += len(chunk)
+                done += len(chunk)
+                client.set(REINDEX_CURSOR, json.dumps({"phase": phase, "after": chunk[-1]}))
+                if progress is not None:
+                    progress(phase, done, len(ids))
+            if progress is not None and not todo:
+                progress(phase, done, len(ids))
+        client.delete(REINDEX_CURSOR)
+        return sent
 
-        def flush(kind: str) -> None:
-            if pending:
-                self.queue.enqueue_group(list(pending))
-                pending.clear()
-            if progress is not None:
-                progress(kind, counts[kind])
+    def _workflow_messages(self, workflow_id: str) -> list[tuple[str, Mapping[str, Any]]]:
+        try:
+            document = workflow_document(self.repository.get_workflow(workflow_id))
+        except NotFound:
+            return []  # deleted since it was listed
+        return [
+            ("indexing_tasks", {"action": "index_workflow", "workflow": document}),
+            ("vector_tasks", {"action": "embed_workflow", "workflow": document}),
+        ]
 
-        for workflow in self.repository.list_workflows():
-            document = workflow_document(workflow)
-            pending.append(("indexing_tasks", {"action": "index_workflow", "workflow": document}))
-            pending.append(("vector_tasks", {"action": "embed_workflow", "workflow": document}))
-            counts["workflows"] += 1
-            if len(pending) >= batch:
-                flush("workflows")
-        flush("workflows")
-        for record in self._all_executions():
-            if not record.status.finished:
-                continue
-            execution = execution_document(record)
-            pending.append(("indexing_tasks", {"action": "index_execution", "execution": execution}))
-            counts["executions"] += 1
-            if len(pending) >= batch:
-                flush("executions")
-        flush("executions")
-        return counts
-
-    def _all_executions(self) -> Iterator[ExecutionRecord]:
-        yield from self.repository.list_executions()
+    def _execution_messages(self, execution_id: str) -> list[tuple[str, Mapping[str, Any]]]:
+        record = self.repository.get_execution(execution_id)
+        if record is None or not record.status.finished:
+            return []
+        execution = execution_document(record)
+        logs = execution.pop("logs", [])
+        return [
+            ("indexing_tasks", {"action": "index_execution", "execution": execution}),
+            *(("indexing_tasks", {"action": "index_log", "entry": entry}) for entry in logs),
+        ]
 
 
 def execution_document(record: ExecutionRecord) -> dict[str, Any]:

@@ -119,6 +119,11 @@ class WorkflowRepository:
             workflows.append(parse_workflow(raw))
         return sorted(workflows, key=lambda w: w.id)
 
+    def list_workflow_ids(self) -> list[str]:
+        """The ids of every stored definition, sorted (reads no definition)."""
+        names = self.storage.list_files(WORKFLOWS_BUCKET, "workflows/")
+        return sorted(name[len("workflows/") : -len(".json")] for name in names if name.endswith(".json"))
+
     def delete_workflow(self, workflow_id: str) -> bool:
         """Remove a definition (its executions stay). Returns whether it existed."""
         name = workflow_object(workflow_id)
@@ -158,6 +163,14 @@ class WorkflowRepository:
             raise InvalidInput(
                 f"stored record of execution {execution_id!r} is invalid: {format_validation_error(exc)}"
             ) from exc
+
+    def list_execution_ids(self) -> list[str]:
+        """The ids of every stored execution record, sorted (reads no record)."""
+        return sorted(
+            name.split("/")[1]
+            for name in self.storage.list_files(ARTIFACTS_BUCKET, "executions/")
+            if name.endswith("/" + RESULT_NAME) and name.count("/") == 2
+        )
 
     def list_executions(self, workflow_id: str | None = None) -> list[ExecutionRecord]:
         """Stored records (of one workflow if ``workflow_id`` is given), oldest start first."""
