@@ -34,6 +34,7 @@ state local to the process (same rules, in memory) until Redis answers again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -42,7 +43,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ParamSpec, TypeVar, cast
@@ -278,6 +279,18 @@ class CircuitBreaker:
 
         return wrapper
 
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """The breaker around a ``with`` block: raises :class:`CircuitOpen` on entry while open, and judges
+        the block's outcome like :meth:`call` does (a transient error raised from it counts as a failure)."""
+        ticket = self._before_call()
+        try:
+            yield
+        except BaseException as exc:
+            self._after_call(ticket, exc)
+            raise
+        self._after_call(ticket, None)
+
     def reset(self) -> None:
         """Close the breaker and forget its failures, in Redis and locally (tests, operators)."""
         with self._lock:
@@ -478,6 +491,18 @@ def guarded(name: str, func: Callable[[], T]) -> T:
     if not get_settings().circuit_breaker_enabled:
         return func()
     return get_breaker(name).call(func)
+
+
+@contextlib.contextmanager
+def circuit(name: str) -> Iterator[None]:
+    """:func:`guarded` as a ``with`` block: ``with circuit("weaviate@host:8080"): ...``.
+
+    Raises :class:`CircuitOpen` on entry while the breaker is open; the block's exceptions pass through."""
+    if not get_settings().circuit_breaker_enabled:
+        yield
+        return
+    with get_breaker(name).guard():
+        yield
 
 
 # --- retry_with_backoff ----------------------------------------------------------------------------------

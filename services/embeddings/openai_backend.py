@@ -326,7 +326,8 @@ class OpenAIEmbedder:
 
     def _request(self, batch: list[str], retries: int, split_on_timeout: bool = False) -> FloatMatrix:
         # Through the server's circuit breaker, shared by every process through Redis: once a dead server
-        # has exhausted the retries of enough requests, the fleet fails fast (CircuitOpen) until a probe passes.
+        # has exhausted the retries of enough requests, the fleet fails fast (CircuitOpen) until a probe
+        # passes.
         with circuit(f"openai@{self._base_url or 'api.openai.com'}"):
             return self._request_with_retries(batch, retries, split_on_timeout)
 

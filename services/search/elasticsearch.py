@@ -10,7 +10,8 @@
 - Text queries: each whitespace-separated chunk of the query is a ``match_phrase`` (as each chunk is a quoted
   string in FTS5), all chunks required, so query syntax in user input is just text.
 - Errors: connection failures, timeouts, 429 and 5xx raise BackendUnavailable (after the client's retries);
-  401/403 raise ConfigurationError; other 4xx raise InvalidInput.
+  401/403 raise ConfigurationError; other 4xx raise InvalidInput. Every call goes through the server's
+  circuit breaker (:mod:`services.resilience`): while it is open, calls raise CircuitOpen at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
 
 from services.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput
+from services.resilience import guarded
 from services.search.base import (
     INDEX_NAMES,
     Document,
@@ -137,7 +139,12 @@ class ElasticsearchSearchService:
     # --- plumbing ---------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one client call, turning the client's exceptions into the project's error tree."""
+        """Run one client call through this server's circuit breaker (shared by every process through
+        Redis: a dead cluster is noticed once and calls fail fast with CircuitOpen while it is down),
+        turning the client's exceptions into the project's error tree."""
+        return guarded(f"elasticsearch@{self.url}", lambda: self._translate(what, fn))
+
+    def _translate(self, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except AppError:

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from config import get_settings
 from services.embeddings.base import Embedder
 from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, PermanentError
+from services.resilience import circuit
 from services.vectors.base import (
     FloatMatrix,
     PreparedItem,
@@ -156,21 +157,23 @@ class WeaviateVectorService:
             WeaviateInvalidInputError,
         )
 
-        try:
-            yield
-        except UnexpectedStatusCodeError as exc:
-            status = exc.status_code
-            if status in {401, 403}:
-                raise ConfigurationError(
-                    f"Weaviate refused {action} ({status}): check WEAVIATE_API_KEY: {exc.message}"
-                ) from exc
-            if status == 429 or status >= 500:
-                raise BackendUnavailable(f"Weaviate: {action} failed ({status}): {exc.message}") from exc
-            raise InvalidInput(f"Weaviate refused {action} ({status}): {exc.message}") from exc
-        except WeaviateInvalidInputError as exc:
-            raise InvalidInput(f"Weaviate client refused {action}: {exc.message}") from exc
-        except WeaviateBaseError as exc:
-            raise BackendUnavailable(f"Weaviate: {action} failed: {exc.message}") from exc
+        # The breaker sees the translated error: a transient one counts as the server failing.
+        with circuit(f"weaviate@{get_settings().weaviate_url}"):
+            try:
+                yield
+            except UnexpectedStatusCodeError as exc:
+                status = exc.status_code
+                if status in {401, 403}:
+                    raise ConfigurationError(
+                        f"Weaviate refused {action} ({status}): check WEAVIATE_API_KEY: {exc.message}"
+                    ) from exc
+                if status == 429 or status >= 500:
+                    raise BackendUnavailable(f"Weaviate: {action} failed ({status}): {exc.message}") from exc
+                raise InvalidInput(f"Weaviate refused {action} ({status}): {exc.message}") from exc
+            except WeaviateInvalidInputError as exc:
+                raise InvalidInput(f"Weaviate client refused {action}: {exc.message}") from exc
+            except WeaviateBaseError as exc:
+                raise BackendUnavailable(f"Weaviate: {action} failed: {exc.message}") from exc
 
     def close(self) -> None:
         """Close the client if this service built it."""
