@@ -1,0 +1,95 @@
+"""The FastAPI application: routers, API-key auth, the body size limit and JSON errors.
+
+from api.app import create_app
+app = create_app()          # reads settings; builds no backend client (they are built on first use)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
+
+from api import errors
+from api.auth import Scope, parse_api_keys, required_scope
+from api.limits import BodySizeLimit
+from api.routes import executions, files, health, queues, search, workflows
+from config import Settings, get_settings
+from services.storage import presign_app
+
+log = logging.getLogger(__name__)
+
+#: Paths that need no API key: liveness, the OpenAPI docs, and the presigned file route (its signature is
+#: its authentication).
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+DESCRIPTION = """
+The workflow task system over HTTP: the Service Integration Guide's endpoints (`/upload`, `/download`,
+`/search/*`, `/health`) plus workflows, executions, the generic enqueue, queue depths and dead letters.
+
+Every route but `/health`, these docs and the presigned file route needs an API key (`X-API-Key: <key>` or
+`Authorization: Bearer <key>`) holding the route's scope: `read`, `write`, `enqueue` or `admin`.
+Errors are `{"error": {"type": ..., "message": ...}}`.
+"""
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """One operation the app serves: method, full path template and the scope its key needs (None: public)."""
+
+    method: str
+    path: str
+    scope: Scope | None
+
+
+def api_routes(app: FastAPI) -> list[RouteInfo]:
+    """Every operation of ``app``'s API routes, included routers walked (tests iterate this so no route is
+    forgotten by the auth checks)."""
+    found: list[RouteInfo] = []
+
+    def walk(routes: Iterable[BaseRoute], prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                scope = required_scope(list(route.dependencies))
+                found.extend(RouteInfo(m, prefix + route.path, scope) for m in sorted(route.methods or ()))
+                continue
+            # FastAPI includes routers lazily: the included router and its prefix sit on the wrapper.
+            included = getattr(route, "original_router", None)
+            if included is not None:
+                context = getattr(route, "include_context", None)
+                walk(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
+
+    walk(app.routes, "")
+    return found
+
+
+def presign_prefix(settings: Settings) -> str:
+    """The path prefix of ``STORAGE_PUBLIC_URL``, where the local store's presigned URLs point."""
+    return urlsplit(settings.storage_public_url).path.rstrip("/")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. ``settings`` (default: the process settings) gives the API keys, the body limit and
+    the presigned route's prefix. Raises ConfigurationError when ``API_KEYS`` cannot be parsed."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Workflow task system API",
+        version="0.1.0",
+        description=DESCRIPTION,
+    )
+    app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(files.router)
+    app.include_router(search.router)
+    app.include_router(workflows.router)
+    app.include_router(executions.router)
+    app.include_router(queues.router)
+    app.include_router(presign_app.router, prefix=presign_prefix(settings))
+    return app

@@ -1,0 +1,52 @@
+"""The guide's file endpoints: upload to ``user-uploads/uploads/{filename}`` and download from there."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Path, UploadFile
+from fastapi.responses import Response
+
+from api.auth import READ, WRITE
+from services.errors import InvalidInput
+from services.storage import get_storage_service
+
+router = APIRouter(tags=["files"])
+
+UPLOADS_BUCKET = "user-uploads"
+UPLOADS_PREFIX = "uploads/"
+
+
+@router.post("/upload", dependencies=[WRITE], status_code=201)
+def upload_file(file: Annotated[UploadFile, File(description="the file to store")]) -> dict[str, Any]:
+    """Store the file as ``user-uploads/uploads/{filename}`` (replacing one of that name). Returns
+    ``file_path``, a presigned ``download_url`` and the ``filename``. A filename the store refuses (``..``,
+    a leading ``/``, control characters ...) answers 422."""
+    filename = file.filename
+    if not filename:
+        raise InvalidInput("the uploaded file has no filename")
+    storage = get_storage_service()
+    object_name = UPLOADS_PREFIX + filename
+    file_path = storage.upload_file(
+        bucket_name=UPLOADS_BUCKET,
+        object_name=object_name,
+        file_data=file.file,
+        content_type=file.content_type,
+    )
+    download_url = storage.get_presigned_url(UPLOADS_BUCKET, object_name)
+    return {"file_path": file_path, "download_url": download_url, "filename": filename}
+
+
+@router.get(
+    "/download/{file_id:path}",
+    dependencies=[READ],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}},
+)
+def download_file(file_id: Annotated[str, Path(description="the filename given at upload")]) -> Response:
+    """The bytes of an uploaded file, with the content type it was uploaded with; 404 when there is none."""
+    storage = get_storage_service()
+    object_name = UPLOADS_PREFIX + file_id
+    info = storage.stat(UPLOADS_BUCKET, object_name)
+    content = storage.download_file(UPLOADS_BUCKET, object_name)
+    return Response(content=content, media_type=info.content_type)

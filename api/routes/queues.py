@@ -1,0 +1,84 @@
+"""The producer API over HTTP: enqueue to a named queue, follow a message, queue depths, dead letters."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import BaseModel, Field
+
+from api.auth import ADMIN_ONLY, ENQUEUE, READ
+from api.routes.tracking import mark_sent
+from config import QUEUES
+from services.message_queue import get_message_queue
+
+router = APIRouter(tags=["queues"])
+
+
+class EnqueueRequest(BaseModel):
+    """What ``POST /queues/{queue}/messages`` takes: the payload of the queue's contract and options."""
+
+    payload: dict[str, Any] = Field(description="the message, as the queue's contract defines it")
+    priority: int | None = Field(None, description="0 (default) to 9; higher runs first")
+    delay_seconds: float = Field(0, description="run no earlier than this many seconds from now")
+    ttl_seconds: float | None = Field(None, description="never run if not started within this many seconds")
+
+
+@router.post("/queues/{queue}/messages", dependencies=[ENQUEUE], status_code=202)
+def enqueue(
+    queue: Annotated[str, Path(max_length=100)],
+    request: Annotated[EnqueueRequest, Body()],
+    response: Response,
+) -> dict[str, Any]:
+    """Validate the payload against the queue's contract and send it. 202 with its ``message_id``; 422
+    naming the field at fault (nothing is sent)."""
+    # Marked before it is sent, so a client polling at once never sees "unknown".
+    message_id = mark_sent(str(uuid.uuid4()))
+    get_message_queue().enqueue(
+        queue,
+        request.payload,
+        priority=request.priority,
+        delay_seconds=request.delay_seconds,
+        ttl_seconds=request.ttl_seconds,
+        message_id=message_id,
+    )
+    response.headers["Location"] = f"/messages/{message_id}"
+    return {"message_id": message_id, "queue": queue, "status": "queued"}
+
+
+@router.get("/messages/{message_id}", dependencies=[READ])
+def message_status(message_id: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
+    """Where a message is: ``state`` (PENDING, STARTED, RETRY, SUCCESS, FAILURE, EXPIRED, REVOKED,
+    DEAD_LETTERED), ``result`` or ``error``, ``attempts``. PENDING means queued, delayed or unknown."""
+    return get_message_queue().get_status(message_id)
+
+
+@router.get("/queues", dependencies=[READ])
+def queue_depths() -> dict[str, Any]:
+    """Messages waiting and dead-lettered, for every queue."""
+    mq = get_message_queue()
+    return {"queues": [mq.queue_stats(name) for name in QUEUES]}
+
+
+@router.get("/dead-letters", dependencies=[ADMIN_ONLY])
+def dead_letters(
+    queue: Annotated[str | None, Query(max_length=100, description="only those from this queue")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> dict[str, Any]:
+    """Dead letters, newest first: the original message, the error, the attempts and the times."""
+    records = get_message_queue().list_dead_letters(queue=queue, limit=limit, offset=offset)
+    return {"total": len(records), "dead_letters": records}
+
+
+@router.post("/dead-letters/{message_id}/replay", dependencies=[ADMIN_ONLY], status_code=202)
+def replay_dead_letter(
+    message_id: Annotated[str, Path(max_length=200)], response: Response
+) -> dict[str, Any]:
+    """Send the dead letter's original message again to its queue, as a new message. 202 with the new
+    ``message_id``; 404 when there is no such dead letter."""
+    new_id = get_message_queue().replay_dead_letter(message_id)
+    mark_sent(new_id)
+    response.headers["Location"] = f"/messages/{new_id}"
+    return {"message_id": new_id, "replayed": message_id}
