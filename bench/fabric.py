@@ -73,13 +73,21 @@ def run(n: int) -> dict[str, Rates]:
     with tempfile.TemporaryDirectory(prefix="bench-fabric-") as tmp:
         workdir = Path(tmp)
         server = RedisServer(workdir / "redis")
+        from config import reload_settings
+
+        previous = os.environ.get("REDIS_URL")
         with server.running():
             # Both sides of the comparison read the same settings from this private Redis.
             os.environ["REDIS_URL"] = server.url
-            from config import reload_settings
-
             reload_settings()
-            return {kind: _measure(kind, n, workdir, server.url) for kind in ("bare", "ours")}
+            try:
+                return {kind: _measure(kind, n, workdir, server.url) for kind in ("bare", "ours")}
+            finally:
+                if previous is None:
+                    os.environ.pop("REDIS_URL", None)
+                else:
+                    os.environ["REDIS_URL"] = previous
+                reload_settings()
 
 
 def report(results: dict[str, Rates], n: int) -> str:
