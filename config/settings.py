@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         description="Seconds between a worker's sweeps for messages whose visibility timeout ran out.",
     )
     worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
+    bulk_envelope_size: int = Field(
+        500, ge=1, le=10_000, description="Logical messages enqueue_many packs into one broker message."
+    )
 
     # --- storage --------------------------------------------------------------------------------
     storage_backend: Literal["local", "minio"] = Field(

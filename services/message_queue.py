@@ -28,6 +28,7 @@ from config.queues import Queue
 from services import deliveries
 from services.dead_letters import DeadLetter, DeadLetterStore
 from services.errors import BackendUnavailable, InvalidInput, NotFound
+from services.item_status import item_status
 from services.messages import ExecuteWorkflow, JsonObject, known_actions, resolve_queue, validate
 from services.redis_client import get_redis
 
@@ -134,6 +135,75 @@ class MessageQueue:
         )  # fmt: skip
         return message_id
 
+    def enqueue_many(
+        self,
+        queue_name: str,
+        payloads: Sequence[Mapping[str, Any]],
+        priority: int | None = None,
+        delay_seconds: float = 0,
+        ttl_seconds: float | None = None,
+    ) -> list[str]:
+        """Validate every payload as :meth:`enqueue` does, then send them all with as few broker round
+        trips as kombu allows. Returns one message id per payload, in order.
+
+        One bad payload refuses the whole call with :class:`InvalidInput` naming its index; nothing is sent.
+        On ``indexing_tasks``, ``vector_tasks`` and ``analytics_tasks`` the payloads travel in envelopes of up
+        to ``BULK_ENVELOPE_SIZE`` logical messages, each with its own id, status and dead letter, consumed and
+        written in bulk (``<queue>.bulk``). Workflow executions stay one Celery message each (each runs its
+        own pipeline), published through one pipelined batch.
+        """
+        queue = resolve_queue(queue_name)
+        if isinstance(payloads, Mapping) or not isinstance(payloads, Sequence):
+            raise InvalidInput("payloads must be a list of JSON objects")
+        validated = []
+        for index, payload in enumerate(payloads):
+            try:
+                validated.append(validate(queue.value, payload))
+            except InvalidInput as exc:
+                raise InvalidInput(f"payloads[{index}]: {exc}") from None
+        pri = int(_check_range("priority", priority if priority is not None else 0, 0, 9, integer=True))
+        delay = _check_range("delay_seconds", delay_seconds, 0, self.settings.max_delay_seconds)
+        ttl = None
+        if ttl_seconds is not None:
+            ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
+        ids = [str(uuid.uuid4()) for _ in validated]
+        bulk = queue is not Queue.WORKFLOW_EXECUTION and all(
+            a.task == f"{queue.value}.{a.name}" for a, _ in validated
+        )
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
+                if bulk:
+                    size = self.settings.bulk_envelope_size
+                    for start in range(0, len(validated), size):
+                        items = [
+                            {"id": message_id, "action": action.name, "payload": body}
+                            for message_id, (action, body) in zip(
+                                ids[start : start + size], validated[start : start + size], strict=True
+                            )
+                        ]
+                        options = self._options(queue, pri, str(uuid.uuid4()), delay or None, ttl)
+                        self.app.send_task(f"{queue.value}.bulk", kwargs={"items": items}, producer=producer,
+                                           **options)  # fmt: skip
+                else:
+                    for message_id, (action, body) in zip(ids, validated, strict=True):
+                        if action.model is ExecuteWorkflow and "execution_id" not in body:
+                            body["execution_id"] = message_id
+                        options = self._options(action.queue, pri, message_id, delay or None, ttl)
+                        if action.follow_up:
+                            first = self.app.signature(action.task, kwargs={"payload": body}, **options)
+                            then = group(self.app.signature(name) for name in action.follow_up)
+                            chain(first, then).apply_async(producer=producer)
+                        else:
+                            self.app.send_task(
+                                action.task, kwargs={"payload": body}, producer=producer, **options
+                            )
+        except OperationalError as exc:
+            raise BackendUnavailable(
+                f"could not send {len(ids)} messages to '{queue.value}': broker at "
+                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc})"
+            ) from exc
+        return ids
+
     def enqueue_group(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Validate every ``(queue_name, payload)`` and send them together as a Celery ``group``.
 
@@ -203,6 +273,9 @@ class MessageQueue:
         PENDING means queued, delayed, or unknown: the broker cannot tell these apart.
         """
         try:
+            logical = item_status(self.redis_client, message_id)
+            if logical is not None:
+                return logical
             meta = self.app.backend.get_task_meta(message_id)
             attempts = deliveries.attempts(self.redis_client, message_id)
             dead = self.dead_letters.get(message_id) if self.dead_letters.contains(message_id) else None

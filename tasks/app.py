@@ -7,6 +7,14 @@ from celery import Celery
 app = Celery(
     "wft",
     task_cls="tasks.base:BaseTask",
-    include=["tasks.execution", "tasks.indexing", "tasks.vectors", "tasks.analytics", "tasks.dead_letter"],
+    include=[
+        "tasks.execution",
+        "tasks.indexing",
+        "tasks.vectors",
+        "tasks.analytics",
+        "tasks.bulk",
+        "tasks.dead_letter",
+        "tasks.signals",
+    ],
 )
 app.config_from_object("celeryconfig")

@@ -1,0 +1,101 @@
+"""The high-volume path: enqueue_many and the bulk consumers, with real workers."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+
+from config import get_settings
+from services.errors import InvalidInput
+from services.item_status import item_states
+from services.message_queue import MessageQueue
+from services.search.sqlite import SqliteSearchService
+from tests.fabric.conftest import StartWorker, wait_for_state
+from tests.support.servers import wait_until
+
+
+def log(i: int, service: str = "bulk-test") -> dict[str, object]:
+    return {
+        "action": "index_log",
+        "entry": {"id": f"{service}-{i}", "timestamp": "2024-05-01T12:00:00Z", "level": "INFO",
+                  "message": f"bulk entry number {i} payment processed", "service": service},
+    }  # fmt: skip
+
+
+def test_one_bad_payload_refuses_the_whole_call(mq: MessageQueue) -> None:
+    payloads = [log(0), log(1), {"action": "index_log", "entry": {"level": "INFO"}}, log(3)]
+    with pytest.raises(InvalidInput, match=r"payloads\[2\]: .*payload.entry.timestamp"):
+        mq.enqueue_many("indexing_tasks", payloads)
+    assert mq.queue_stats("indexing_tasks")["pending"] == 0
+    with pytest.raises(InvalidInput, match="unknown queue"):
+        mq.enqueue_many("nope", [log(0)])
+
+
+def test_payloads_travel_in_envelopes_and_are_tracked_one_by_one(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis
+) -> None:
+    n, size = 1_234, get_settings().bulk_envelope_size
+    ids = mq.enqueue_many("indexing_tasks", [log(i, "envelopes") for i in range(n)], priority=4)
+    assert len(ids) == len(set(ids)) == n
+    assert mq.queue_stats("indexing_tasks")["pending"] == math.ceil(n / size)
+    assert mq.get_status(ids[0])["state"] == "PENDING"
+    start_worker(["indexing_tasks", "dead_letter"], concurrency=2)
+    wait_until(lambda: set(item_states(redis_client, ids)) == {"SUCCESS"}, timeout=120, what="every item")
+    status = mq.get_status(ids[-1])
+    assert status["state"] == "SUCCESS" and status["queue"] == "indexing_tasks"
+    search = SqliteSearchService(get_settings().data_dir / "search" / "search.db")
+    hits = search.search_logs(query="payment processed", service="envelopes", limit=1000)
+    assert len(hits) == 1000
+    assert {h["id"] for h in search.search_logs(service="envelopes", limit=1000)} <= {
+        f"envelopes-{i}" for i in range(n)
+    }
+    search.close()
+
+
+def test_an_item_the_consumer_cannot_write_is_dead_lettered_alone(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis
+) -> None:
+    # An envelope from an older producer that skipped validation: one item is malformed.
+    items = [{"id": f"ok-{i}", "action": "index_log", "payload": log(i, "mixed")} for i in range(3)]
+    items.append(
+        {"id": "broken", "action": "index_log", "payload": {"action": "index_log", "entry": {"level": 1}}}
+    )
+    envelope = mq.app.send_task("indexing_tasks.bulk", kwargs={"items": items}, queue="indexing_tasks")
+    start_worker(["indexing_tasks", "dead_letter"])
+    wait_for_state(mq, envelope.id, {"SUCCESS"})
+    assert item_states(redis_client, ["ok-0", "ok-1", "ok-2", "broken"]) == ["SUCCESS"] * 3 + [
+        "DEAD_LETTERED"
+    ]
+    wait_until(lambda: mq.dead_letters.contains("broken"), what="the dead letter to be stored")
+    dead = mq.dead_letters.get("broken")
+    assert dead["task"] == "indexing_tasks.index_log" and dead["queue"] == "indexing_tasks"
+
+
+@pytest.mark.slow
+def test_fifty_thousand_documents_survive_a_killed_worker_exactly_once(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    total = 50_000
+    data_dir = tmp_path / "data"  # a search index of its own, so it can be counted exactly
+    ids = mq.enqueue_many("indexing_tasks", [log(i, "fifty") for i in range(total)])
+    worker = start_worker(["indexing_tasks", "dead_letter"], concurrency=2, env={"DATA_DIR": str(data_dir)},
+                          loglevel="WARNING")  # fmt: skip
+    search = SqliteSearchService(data_dir / "search" / "search.db")
+
+    def indexed() -> int:
+        return search.count("logs") if (data_dir / "search" / "search.db").exists() else 0
+
+    wait_until(lambda: indexed() >= total // 5, timeout=300, interval=0.2, what="a fifth to be indexed")
+    for child in worker.child_pids():
+        os.kill(child, signal.SIGKILL)  # mid-batch: their envelopes are redelivered
+    wait_until(lambda: indexed() == total and set(item_states(redis_client, ids)) == {"SUCCESS"},
+               timeout=600, interval=1, what="all 50,000 documents")  # fmt: skip
+    assert search.count("logs") == total
+    assert item_states(redis_client, ids).count("SUCCESS") == total
+    assert mq.list_dead_letters() == []
+    search.close()
