@@ -1,0 +1,201 @@
+"""The high-volume path, end to end: a producer calls ``enqueue_many`` with index documents, workers consume
+the envelopes and write them in bulk, until every document is searchable in the embedded search. Measured
+against bare Celery per-message noop tasks (one broker message each) in the same run, with the same broker
+and worker settings.
+
+    python -m bench.highvolume            # 100,000 documents, 20,000 bare noop messages
+    python -m bench.highvolume --smoke    # seconds
+
+Prints documents/s end to end, enqueue_many messages/s from one producer, the ratios against bare Celery,
+and the profile of one bulk consumer call (where the remaining time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.servers import RedisServer, wait_until
+from tests.support.workers import WorkerProcess
+
+
+def _docs(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    services = ("billing", "auth", "search", "mailer")
+    return [
+        {
+            "action": "index_log",
+            "entry": {
+                "id": f"hv-{offset + i}",
+                "timestamp": f"2024-05-01T12:{(i // 60) % 60:02d}:{i % 60:02d}Z",
+                "level": ("INFO", "WARNING", "ERROR")[i % 3],
+                "message": f"request {offset + i} of tenant {i % 97} took {i % 500} ms on {services[i % 4]}",
+                "service": services[i % 4],
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def _bare_drain(n: int, workdir: Path, redis_url: str) -> float:
+    from celery import Celery
+
+    import celeryconfig
+    from bench import fabric_tasks as ft
+    from config import get_settings
+    from services.redis_client import get_redis
+
+    client = get_redis(redis_url)
+    client.delete(ft.DONE, ft.FIRST, ft.LAST)
+    client.set(ft.TARGET, n)
+    app = Celery("bare-producer", set_as_current=False)
+    app.conf.update(celeryconfig.build(get_settings()))
+    for _ in range(n):
+        app.send_task("bench.bare_noop", queue="analytics_tasks", routing_key="analytics_tasks")
+    app.close()
+    worker = WorkerProcess(
+        workdir, ["analytics_tasks"], concurrency=2, name="hv-bare", loglevel="WARNING",
+        app="bench.fabric_tasks:bare", include="", env={"REDIS_URL": redis_url},
+    )  # fmt: skip
+    worker.start()
+    try:
+        wait_until(lambda: client.get(ft.LAST) is not None, timeout=max(60, n / 50), interval=0.2,
+                   what="bare noop drain")  # fmt: skip
+    finally:
+        worker.stop()
+    first, last = float(client.get(ft.FIRST) or 0), float(client.get(ft.LAST) or 0)
+    return (n - 1) / max(last - first, 1e-9)
+
+
+def _ours(n: int, workdir: Path, redis_url: str) -> dict[str, float]:
+    from services.message_queue import MessageQueue
+    from services.search.sqlite import SqliteSearchService
+
+    data_dir = workdir / "data"
+    worker = WorkerProcess(workdir, ["indexing_tasks", "dead_letter"], concurrency=2, name="hv-ours",
+                           loglevel="WARNING", include="",
+                           env={"REDIS_URL": redis_url, "DATA_DIR": str(data_dir)})  # fmt: skip
+    worker.start()
+    mq = MessageQueue()
+    worker.wait_ready(mq.app)
+    search = SqliteSearchService(data_dir / "search" / "search.db")
+    search.count("logs")  # create the schema before the clock starts
+    docs = _docs(n)
+    started = time.perf_counter()
+    mq.enqueue_many("indexing_tasks", docs)
+    enqueued = time.perf_counter()
+    try:
+        wait_until(lambda: search.count("logs") >= n, timeout=max(120, n / 200), interval=0.1,
+                   what="every document searchable")  # fmt: skip
+    finally:
+        done = time.perf_counter()
+        worker.stop()
+        mq.close()
+    assert search.search_logs(query="tenant 42", limit=5), "documents are searchable"
+    search.close()
+    # enqueue_many alone, from one producer, into a queue nobody consumes
+    mq = MessageQueue()
+    more = _docs(n, offset=n)
+    t0 = time.perf_counter()
+    mq.enqueue_many("indexing_tasks", more)
+    producer_rate = n / (time.perf_counter() - t0)
+    mq.close()
+    return {"end_to_end": n / (done - started), "enqueue_during_run": n / (enqueued - started),
+            "enqueue_many": producer_rate}  # fmt: skip
+
+
+def _profile_consumer(n: int) -> str:
+    """Envelopes of documents through the bulk consumer's own code (validate, bulk write, record statuses),
+    profiled in-process against the embedded search under ``DATA_DIR``."""
+    from services.item_status import record_items
+    from services.redis_client import get_redis
+    from services.search import reset_search_service
+    from tasks.bulk import HANDLERS
+
+    reset_search_service()
+    model, write = HANDLERS["index_log"]
+    docs = _docs(n, offset=10 * n)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for start in range(0, n, 500):
+        chunk = docs[start : start + 500]
+        write([model.model_validate(d) for d in chunk])
+        record_items(get_redis(), [(str(d["entry"]["id"]), {"state": "SUCCESS"}) for d in chunk], 3600)  # type: ignore[index]
+    profiler.disable()
+    reset_search_service()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(10)
+    lines = [line.replace(str(Path.cwd()) + "/", "") for line in out.getvalue().splitlines() if line.strip()]
+    return "\n".join(lines[:22])
+
+
+def run(n_docs: int, n_bare: int) -> dict[str, Any]:
+    from config import reload_settings
+
+    with tempfile.TemporaryDirectory(prefix="bench-hv-") as tmp:
+        workdir = Path(tmp)
+        server = RedisServer(workdir / "redis")
+        previous = {k: os.environ.get(k) for k in ("REDIS_URL", "DATA_DIR")}
+        with server.running():
+            os.environ["REDIS_URL"] = server.url
+            reload_settings()
+            try:
+                bare = _bare_drain(n_bare, workdir, server.url)
+                server.client().flushdb()
+                ours = _ours(n_docs, workdir, server.url)
+                os.environ["DATA_DIR"] = str(workdir / "profile")
+                reload_settings()
+                profile = _profile_consumer(min(n_docs, 20_000))
+            finally:
+                for key, value in previous.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                reload_settings()
+    return {"bare_drain": bare, **ours, "profile": profile, "n_docs": n_docs, "n_bare": n_bare}
+
+
+def report(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"### High-volume path ({r['n_docs']:,} index documents; bare baseline {r['n_bare']:,} noop tasks)",
+        "",
+        "| measure | per second | vs bare Celery drain |",
+        "| --- | ---: | ---: |",
+        f"| bare Celery, one noop task per message, drain (prefork -c2) | {r['bare_drain']:,.0f} | 1.0x |",
+        f"| ours, end to end: `enqueue_many` -> bulk consumer -> searchable (target >= 10,000) "
+        f"| {r['end_to_end']:,.0f} | {r['end_to_end'] / r['bare_drain']:.1f}x |",
+        f"| `enqueue_many` from one producer (target >= 10,000) | {r['enqueue_many']:,.0f} | |",
+        "",
+        "Profile of the bulk consumer's write (cProfile, in-process, sorted by own time):",
+        "",
+        "```",
+        r["profile"],
+        "```",
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny sizes")
+    args = parser.parse_args(argv)
+    results = run(2_000, 200) if args.smoke else run(100_000, 20_000)
+    text = report(results)
+    print(text)
+    if not args.smoke:
+        out = Path(__file__).parent / "results" / "highvolume.md"
+        out.write_text(text + "\n")
+        print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
