@@ -1,0 +1,142 @@
+"""Flower as the run command starts it (``celery -A tasks.app flower`` with basic auth from
+``FLOWER_BASIC_AUTH``, ``--persistent=True --db=...``) against the session Redis and a real worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
+from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
+from services.redis_client import reset_redis
+from tests.support.servers import ManagedProcess, free_port, wait_until
+from tests.support.workers import REPO_ROOT, WorkerProcess
+
+USER, PASSWORD = "ops", "flower-" + uuid.uuid4().hex
+AUTH = (USER, PASSWORD)
+
+
+class FlowerProcess(ManagedProcess):
+    def __init__(self, workdir: Path, db: Path, port: int) -> None:
+        self.port = port
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "tasks.app", "flower", f"--port={port}",
+            "--address=127.0.0.1", "--persistent=True", f"--db={db}",
+        ]  # fmt: skip
+        super().__init__(argv, workdir, f"flower-{port}", env=env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+
+        def healthy() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"Flower exited:\n{self.log_tail()}")
+            return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+
+        wait_until(healthy, timeout=60, interval=0.2, what="Flower to answer /healthcheck")
+
+
+@pytest.fixture
+def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
+    reset_message_queue()
+    reset_redis()
+    yield get_message_queue()
+    reset_message_queue()
+
+
+@pytest.fixture
+def worker(tmp_path: Path, mq: MessageQueue) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(tmp_path / "workers", ["indexing_tasks"], concurrency=1)
+    proc.start()
+    proc.wait_ready(mq.app, timeout=60)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def start_flower(tmp_path: Path) -> Iterator[Callable[[], FlowerProcess]]:
+    db = tmp_path / "flower.db"
+    port = free_port()
+    started: list[FlowerProcess] = []
+
+    def start() -> FlowerProcess:
+        flower = FlowerProcess(tmp_path / "flower", db, port)
+        flower.start()
+        started.append(flower)
+        return flower
+
+    yield start
+    for flower in started:
+        flower.stop()
+
+
+def succeeded_events(flower: FlowerProcess) -> float:
+    """``flower_events_total{type="task-succeeded", task="testing.probe"}`` summed over workers."""
+    text = httpx.get(f"{flower.url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "flower_events_total"
+                and labels.get("type") == "task-succeeded"
+                and labels.get("task") == "testing.probe"
+            ):
+                total += sample.value
+    return total
+
+
+def tasks_listed(flower: FlowerProcess) -> dict[str, dict[str, object]]:
+    response = httpx.get(f"{flower.url}/api/tasks", auth=AUTH, params={"limit": 1000}, timeout=10)
+    assert response.status_code == 200
+    tasks: dict[str, dict[str, object]] = response.json()
+    return tasks
+
+
+def test_flower_api_needs_credentials_counts_tasks_and_keeps_them_across_restarts(
+    mq: MessageQueue, worker: WorkerProcess, start_flower: Callable[[], FlowerProcess]
+) -> None:
+    flower = start_flower()
+    for path in ("/api/workers", "/api/tasks"):
+        assert httpx.get(flower.url + path, timeout=10).status_code == 401
+        assert httpx.get(flower.url + path, auth=(USER, "wrong"), timeout=10).status_code == 401
+        assert httpx.get(flower.url + path, auth=AUTH, timeout=30).status_code == 200
+    # The dashboard itself is behind the same login.
+    assert httpx.get(flower.url + "/", timeout=10).status_code == 401
+
+    before = succeeded_events(flower)
+    tag = uuid.uuid4().hex[:8]
+    ids = [mq.enqueue("indexing_tasks", {"action": "probe", "tag": tag, "value": i}) for i in range(5)]
+    wait_until(
+        lambda: all(mq.get_status(m)["state"] == "SUCCESS" for m in ids), timeout=60, what="the probes to run"
+    )
+    wait_until(lambda: succeeded_events(flower) - before == len(ids), timeout=30,
+               what="Flower's metrics to count the run's tasks")  # fmt: skip
+    assert succeeded_events(flower) - before == len(ids)
+    listed = tasks_listed(flower)
+    assert set(ids) <= set(listed)
+    assert all(listed[m]["state"] == "SUCCESS" for m in ids)
+    workers = httpx.get(flower.url + "/api/workers", auth=AUTH, timeout=30).json()
+    assert worker.nodename in workers
+
+    # --persistent: the state is saved on shutdown and loaded on start.
+    flower.stop()
+    flower = start_flower()
+    listed = tasks_listed(flower)
+    assert set(ids) <= set(listed), "Flower lost its tasks across a restart"
+    assert all(listed[m]["state"] == "SUCCESS" for m in ids)
