@@ -27,56 +27,21 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start Redis if none answers, a worker for every queue and Flower; run the demo; serve until Ctrl-C."""
+    """Start Redis if none answers, a worker for every queue, beat, the API and Flower; run the demo; serve
+    until Ctrl-C. Everything started here is stopped on the way out."""
     from cli.demo import run_demo
-    from cli.processes import Child, celery_argv, redis_answers, start_redis
+    from cli.processes import Child
     from services.message_queue import get_message_queue
 
-    settings = get_settings()
-    log_dir = settings.data_dir / "logs"
     children: list[Child] = []
     out = sys.stdout
     try:
-        out.write(f"==> data in {settings.data_dir}, logs in {log_dir}\n")
-        if redis_answers(settings.redis_url):
-            out.write(f"==> Redis answers at {settings.redis_url}\n")
-        else:
-            out.write(
-                f"==> no Redis at {settings.redis_url}: starting redis-server, AOF in {settings.data_dir}\n"
-            )
-            children.append(start_redis(settings.redis_url, settings.data_dir / "redis", log_dir))
-        hostname = f"wft-{os.getpid()}@localhost"
-        worker_args = ["worker", "-Q", ",".join(QUEUES), "-n", hostname, "-E", "-l", "INFO",
-                       "--without-gossip", "--without-mingle"]  # fmt: skip
-        if args.concurrency:
-            worker_args += ["-c", str(args.concurrency)]
-        out.write(f"==> starting a Celery worker for all queues ({', '.join(QUEUES)})\n")
-        worker = Child("worker", celery_argv(*worker_args), log_dir).start()
-        children.append(worker)
-        flower_url = f"http://localhost:{settings.flower_port}"
-        if not args.no_flower:
-            env = dict(os.environ)
-            # Credentials travel in the environment, never on a command line that `ps` shows.
-            env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-            flower_argv = celery_argv("flower", f"--port={settings.flower_port}", "--persistent=True",
-                                      f"--db={settings.data_dir / 'flower.db'}")  # fmt: skip
-            children.append(Child("flower", flower_argv, log_dir, env=env).start())
-            out.write(f"==> starting Flower at {flower_url}\n")
+        hostname, worker = _start_services(args, children, out)
         queue = get_message_queue()
         _wait_for_worker(queue.app, hostname, worker)
         out.write("==> worker ready\n")
         run_demo(queue, out, timeout=args.timeout)
-        out.write("\n== Where to look next\n")
-        if not args.no_flower:
-            password = (
-                settings.flower_password.get_secret_value()
-                if settings.environment == "development"
-                else "(the FLOWER_PASSWORD you set)"
-            )
-            out.write(f"  Flower:  {flower_url}  user {settings.flower_user}, password {password}\n")
-        out.write(
-            f"  Logs:    {log_dir}\n  Operate: wft status ID | wft dlq list | wft health | wft --help\n"
-        )
+        _print_next_steps(args, out)
         if args.exit_after_demo:
             return EXIT_OK
         out.write("\nRunning. Press Ctrl-C to stop everything this command started.\n")
@@ -91,6 +56,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def _start_services(args: argparse.Namespace, children: list[Any], out: Any) -> tuple[str, Any]:
+    """Start what ``run`` needs, appending each process to ``children`` as soon as it exists."""
+    from cli.processes import Child, celery_argv, redis_answers, start_redis
+
+    settings = get_settings()
+    log_dir = settings.data_dir / "logs"
+    out.write(f"==> data in {settings.data_dir}, logs in {log_dir}\n")
+    if redis_answers(settings.redis_url):
+        out.write(f"==> Redis answers at {settings.redis_url}\n")
+    else:
+        out.write(
+            f"==> no Redis at {settings.redis_url}: starting redis-server, AOF in {settings.data_dir}\n"
+        )
+        children.append(start_redis(settings.redis_url, settings.data_dir / "redis", log_dir))
+    hostname = f"wft-{os.getpid()}@localhost"
+    worker_args = ["worker", "-Q", ",".join(QUEUES), "-n", hostname, "-E", "-l", "INFO",
+                   "--without-gossip", "--without-mingle"]  # fmt: skip
+    if args.concurrency:
+        worker_args += ["-c", str(args.concurrency)]
+    out.write(f"==> starting a Celery worker for all queues ({', '.join(QUEUES)})\n")
+    worker = Child("worker", celery_argv(*worker_args), log_dir).start()
+    children.append(worker)
+    out.write("==> starting Celery beat (periodic maintenance)\n")
+    beat_argv = celery_argv("beat", "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", "INFO")
+    children.append(Child("beat", beat_argv, log_dir).start())
+    if not args.no_api:
+        out.write(f"==> starting the HTTP API at http://localhost:{settings.api_port}\n")
+        children.append(Child("api", [sys.executable, "-m", "api"], log_dir).start())
+    if not args.no_flower:
+        env = dict(os.environ)
+        # Credentials travel in the environment, never on a command line that `ps` shows.
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+        flower_argv = celery_argv("flower", f"--port={settings.flower_port}", "--persistent=True",
+                                  f"--db={settings.data_dir / 'flower.db'}")  # fmt: skip
+        children.append(Child("flower", flower_argv, log_dir, env=env).start())
+        out.write(f"==> starting Flower at http://localhost:{settings.flower_port}\n")
+    return hostname, worker
+
+
+def _print_next_steps(args: argparse.Namespace, out: Any) -> None:
+    settings = get_settings()
+    development = settings.environment == "development"
+    out.write("\n== Where to look next\n")
+    if not args.no_api:
+        key = settings.api_keys.get_secret_value().split(",")[0].split(":")[0]
+        shown_key = key if development else "(a key from API_KEYS)"
+        out.write(f"  API:     http://localhost:{settings.api_port}/docs  (send X-API-Key: {shown_key})\n")
+    if not args.no_flower:
+        password = (
+            settings.flower_password.get_secret_value() if development else "(the FLOWER_PASSWORD you set)"
+        )
+        out.write(f"  Flower:  http://localhost:{settings.flower_port}  user {settings.flower_user}, "
+                  f"password {password}\n")  # fmt: skip
+    out.write(f"  Logs:    {settings.data_dir / 'logs'}\n")
+    out.write("  Operate: wft status ID | wft dlq list | wft health | wft reindex | wft --help\n")
 
 
 def _wait_for_worker(app: Celery, hostname: str, worker: Any, timeout: float = 60.0) -> None:
@@ -207,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="start Redis if needed, workers and Flower, run the demo, serve until Ctrl-C"
     )
     run.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    run.add_argument("--no-api", action="store_true", help="do not start the HTTP API")
     run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo has run")
     run.add_argument("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
     run.add_argument("--timeout", type=float, default=300, help="seconds the demo may take (default 300)")

@@ -26,9 +26,9 @@ def wft(
 
 @pytest.mark.slow
 def test_run_starts_redis_workers_and_flower_runs_the_demo_and_stops_everything(tmp_path: Path) -> None:
-    redis_port, flower_port = free_port(), free_port()
+    redis_port, flower_port, api_port = free_port(), free_port(), free_port()
     env = {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "DATA_DIR": str(tmp_path / "var"),
-           "FLOWER_PORT": str(flower_port)}  # fmt: skip
+           "FLOWER_PORT": str(flower_port), "API_PORT": str(api_port)}  # fmt: skip
     done = wft("run", "--exit-after-demo", "--concurrency", "2", env=env, timeout=400)
     print(done.stdout[-4000:], done.stderr[-4000:])
     assert done.returncode == 0
@@ -39,11 +39,13 @@ def test_run_starts_redis_workers_and_flower_runs_the_demo_and_stops_everything(
     assert "inventory-restock" in out.split("== Text search")[1].split("==")[0]
     assert "customer-onboarding" in out.split("== Similar workflows")[1].split("==")[0]
     assert f"http://localhost:{flower_port}" in out
+    assert f"http://localhost:{api_port}/docs" in out
     for line in out.split("== Queues")[1].split("==")[0].strip().splitlines():
         assert "pending     0" in line
     # Nothing it started is left running.
     assert not port_open(redis_port)
     assert not port_open(flower_port)
+    assert not port_open(api_port)
     assert (tmp_path / "var" / "redis" / "appendonlydir").exists()
 
 
