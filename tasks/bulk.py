@@ -19,6 +19,7 @@ from celery.utils.log import get_task_logger
 
 from config import get_settings
 from config.queues import Queue
+from services import deliveries
 from services.analytics import WorkflowStats
 from services.errors import PermanentError
 from services.item_status import record_items
@@ -119,21 +120,22 @@ def process_envelope(task: BaseTask, queue: str, items: Sequence[dict[str, Any]]
     now = time.time()
     settings = get_settings()
     envelope = task.request.id
+    attempts = deliveries.attempts(get_redis(), envelope)  # deliveries of the envelope that carried them
     statuses = [
         (message_id, {"id": message_id, "state": "SUCCESS", "queue": queue, "envelope": envelope,
-                      "date_done": now, "attempts": 1})
+                      "date_done": now, "attempts": attempts})
         for message_id in done
     ]  # fmt: skip
     for item, problem in failed:
         error = {"type": type(problem).__name__, "message": str(problem)}
         status = {"id": item["id"], "state": "DEAD_LETTERED", "queue": queue, "envelope": envelope,
-                  "error": error, "date_done": now}  # fmt: skip
+                  "error": error, "date_done": now, "attempts": attempts}  # fmt: skip
         statuses.append((item["id"], status))
         record = {
             "id": item["id"], "task": f"{queue}.{item['action']}", "queue": queue,
             "kwargs": {"payload": item["payload"]}, "priority": 0, "reason": "permanent", "error": error,
-            "attempts": 1, "retries": 0, "worker": task.request.hostname, "envelope": envelope,
-            "failed_at": now, "dead_lettered_at": now,
+            "attempts": attempts, "retries": task.request.retries, "worker": task.request.hostname,
+            "envelope": envelope, "failed_at": now, "dead_lettered_at": now,
         }  # fmt: skip
         logger.error("dead-lettering %s from envelope %s: %s", item["id"], envelope, problem)
         task.app.send_task(DEAD_LETTER_TASK, kwargs={"record": record}, queue=Queue.DEAD_LETTER.value,

@@ -48,6 +48,7 @@ def test_payloads_travel_in_envelopes_and_are_tracked_one_by_one(
     wait_until(lambda: set(item_states(redis_client, ids)) == {"SUCCESS"}, timeout=120, what="every item")
     status = mq.get_status(ids[-1])
     assert status["state"] == "SUCCESS" and status["queue"] == "indexing_tasks"
+    assert status["attempts"] == 1
     search = SqliteSearchService(get_settings().data_dir / "search" / "search.db")
     hits = search.search_logs(query="payment processed", service="envelopes", limit=1000)
     assert len(hits) == 1000
