@@ -88,6 +88,10 @@ class CircuitOpen(BackendUnavailable):
         hint = f"; next probe in {retry_after:.1f}s" if retry_after is not None else "; a probe is running"
         super().__init__(f"circuit breaker '{name}' is open: backend calls fail fast{hint}")
 
+    def __reduce__(self) -> tuple[type[CircuitOpen], tuple[str, float | None]]:
+        # Celery pickles exceptions to check them; without this it would fall back to the base class.
+        return (CircuitOpen, (self.name, self.retry_after))
+
 
 # --- Redis scripts: each transition is atomic across processes -----------------------------------------
 

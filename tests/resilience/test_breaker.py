@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import pickle
 import uuid
 from collections.abc import Iterator
 
@@ -70,6 +71,10 @@ def test_opens_after_threshold_and_fails_fast_with_a_transient_error(
     assert isinstance(raised.value, BackendUnavailable)  # so Celery retries the task
     assert raised.value.retry_after is not None and raised.value.retry_after > 0
     assert backend.calls == 3  # the fourth call never reached the backend
+    # Celery pickles exceptions it stores or retries on: the type and fields survive.
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert type(copy) is CircuitOpen
+    assert (copy.name, copy.retry_after, str(copy)) == (name, raised.value.retry_after, str(raised.value))
 
 
 def test_success_resets_the_count(name: str) -> None:
