@@ -95,6 +95,17 @@ def build(settings: Settings) -> dict[str, Any]:
             "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
         ),
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Maintenance (tasks.maintenance), sent by `celery -A tasks.app beat`, routed to analytics_tasks.
+        "beat_schedule": {
+            "expire-executions": {
+                "task": "analytics_tasks.expire_executions",
+                "schedule": settings.maintenance_expire_interval,
+            },
+            "reconcile-indexes": {
+                "task": "analytics_tasks.reconcile_indexes",
+                "schedule": settings.maintenance_reconcile_interval,
+            },
+        },
     }
 
 

@@ -13,6 +13,7 @@ app = Celery(
         "tasks.vectors",
         "tasks.analytics",
         "tasks.bulk",
+        "tasks.maintenance",
         "tasks.dead_letter",
         "tasks.signals",
     ],
