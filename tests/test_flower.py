@@ -15,6 +15,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
+from config import get_settings
 from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
 from services.redis_client import reset_redis
 from tests.support.servers import ManagedProcess, free_port, wait_until
@@ -25,14 +26,19 @@ AUTH = (USER, PASSWORD)
 
 
 class FlowerProcess(ManagedProcess):
-    def __init__(self, workdir: Path, db: Path, port: int) -> None:
+    """``celery -A tasks.app flower`` on 127.0.0.1:``port``: by default as ``wft run`` starts it (basic auth
+    from ``FLOWER_BASIC_AUTH``, ``--persistent=True --db=...``); with ``conf``, from that config file."""
+
+    def __init__(self, workdir: Path, db: Path | None, port: int, conf: Path | None = None) -> None:
         self.port = port
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        env["FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
+        options = [f"--conf={conf}"] if conf else ["--persistent=True", f"--db={db}"]
+        if conf is None:
+            env["FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
         argv = [
             sys.executable, "-m", "celery", "-A", "tasks.app", "flower", f"--port={port}",
-            "--address=127.0.0.1", "--persistent=True", f"--db={db}",
+            "--address=127.0.0.1", *options,
         ]  # fmt: skip
         super().__init__(argv, workdir, f"flower-{port}", env=env)
 
@@ -140,3 +146,20 @@ def test_flower_api_needs_credentials_counts_tasks_and_keeps_them_across_restart
     listed = tasks_listed(flower)
     assert set(ids) <= set(listed), "Flower lost its tasks across a restart"
     assert all(listed[m]["state"] == "SUCCESS" for m in ids)
+
+
+def test_flower_config_file_takes_credentials_and_state_file_from_the_settings(tmp_path: Path) -> None:
+    settings = get_settings()
+    flower = FlowerProcess(
+        tmp_path, None, free_port(), conf=REPO_ROOT / "deploy" / "flower" / "flowerconfig.py"
+    )
+    flower.start()
+    try:
+        credentials = (settings.flower_user, settings.flower_password.get_secret_value())
+        assert httpx.get(flower.url + "/api/workers", timeout=10).status_code == 401
+        assert httpx.get(flower.url + "/api/tasks", auth=credentials, timeout=10).status_code == 200
+        assert httpx.get(flower.url + "/metrics", timeout=10).status_code == 200
+    finally:
+        flower.stop()
+    # Saved on shutdown where the settings say.
+    assert list(settings.data_dir.glob("flower.db*"))
