@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+import celeryconfig
+from config import get_settings
+
 app = Celery(
     "wft",
     task_cls="tasks.base:BaseTask",
@@ -18,4 +21,6 @@ app = Celery(
         "tasks.signals",
     ],
 )
-app.config_from_object("celeryconfig")
+# The configuration celeryconfig.py builds from the settings, computed when the app is first configured
+# rather than when a module is imported, so the settings in force then apply (tests, CLI overrides).
+app.add_defaults(lambda: celeryconfig.build(get_settings()))
