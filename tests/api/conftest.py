@@ -19,6 +19,7 @@ import tests.support.tasks  # noqa: F401 - registers the probe action for the AP
 from api.app import create_app
 from config import reload_settings
 from config.queues import QUEUES
+from services.cache import reset_cache
 from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
 from services.redis_client import reset_redis
 from services.search import reset_search_service
@@ -49,6 +50,7 @@ class ApiServer:
 def _reset_services() -> None:
     reset_message_queue()
     reset_redis()
+    reset_cache()
     reset_storage_service()
     reset_search_service()
     reset_vector_service()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from config import reload_settings
+from services.cache import reset_cache
 from services.health import HealthService, overall_status, run_check
 from services.message_queue import reset_message_queue
 from services.redis_client import reset_redis
@@ -74,6 +75,7 @@ def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
     reload_settings()
     reset_message_queue()
     reset_redis()
+    reset_cache()
     try:
         yield server
     finally:
@@ -82,6 +84,7 @@ def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
         reload_settings()
         reset_message_queue()
         reset_redis()
+        reset_cache()
 
 
 def test_no_worker_is_degraded_and_a_stopped_broker_is_unhealthy(own_broker: RedisServer) -> None:
