@@ -13,10 +13,12 @@ wrong credentials -> ConfigurationError, no answer / 5xx / throttling -> Backend
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, Concatenate, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -24,6 +26,7 @@ from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
+from services.resilience import guarded
 from services.storage.base import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_EXPIRES,
@@ -67,6 +70,24 @@ def parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
             f"MinIO endpoint {endpoint!r} must be host:port or http(s)://host:port without a path"
         )
     return parts.netloc, parts.scheme == "https"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _through_breaker(
+    method: Callable[Concatenate[MinioStorage, P], R],
+) -> Callable[Concatenate[MinioStorage, P], R]:
+    """Run a public network method through the endpoint's circuit breaker (shared by every process through
+    Redis), so a dead MinIO is noticed once and calls fail fast with CircuitOpen while it is down. Only
+    methods that call no other guarded method wear it (a nested call would find its own probe taken)."""
+
+    @functools.wraps(method)
+    def wrapper(storage: MinioStorage, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return guarded(f"minio@{storage.endpoint}", lambda: method(storage, *args, **kwargs))
+
+    return wrapper
 
 
 class MinioStorage:
@@ -177,6 +198,7 @@ class MinioStorage:
             self._known_buckets.add(bucket)
 
     # --- writes ---------------------------------------------------------------------------------------
+    @_through_breaker
     def upload_file(
         self,
         bucket_name: str,
@@ -247,6 +269,7 @@ class MinioStorage:
             raise InvalidInput(f"text must be a str, got {type(text).__name__}; use upload_file for bytes")
         return self.upload_file(bucket_name, object_name, text.encode("utf-8"), content_type)
 
+    @_through_breaker
     def delete_file(self, bucket_name: str, object_name: str) -> None:
         """Remove the object; a missing object or bucket is not an error."""
         bucket = validate_bucket_name(bucket_name)
@@ -260,6 +283,7 @@ class MinioStorage:
             self._raise(exc, f"delete of {bucket}/{name}")
 
     # --- reads ----------------------------------------------------------------------------------------
+    @_through_breaker
     def download_file(self, bucket_name: str, object_name: str) -> bytes:
         """The object's bytes. Raises NotFound naming bucket and object."""
         bucket = validate_bucket_name(bucket_name)
@@ -274,6 +298,7 @@ class MinioStorage:
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._raise(exc, f"object {bucket}/{name}")
 
+    @_through_breaker
     def stat(self, bucket_name: str, object_name: str) -> ObjectInfo:
         """Size, content type and modification time. Raises NotFound naming bucket and object."""
         bucket = validate_bucket_name(bucket_name)
@@ -298,6 +323,7 @@ class MinioStorage:
             return False
         return True
 
+    @_through_breaker
     def list_files(self, bucket_name: str, prefix: str = "") -> list[str]:
         """Names of the bucket's objects starting with ``prefix``, sorted; ``[]`` for a missing bucket
         (buckets are created on first write, so one never written holds nothing)."""
