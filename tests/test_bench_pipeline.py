@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench import pipeline
+from config import get_settings
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_smoke() -> None:
+    before = (os.environ["REDIS_URL"], os.environ["DATA_DIR"])
+    results = pipeline.run(10, 40)
+    # The benchmark's private Redis and data directory do not leak into this process's settings.
+    assert (os.environ["REDIS_URL"], os.environ["DATA_DIR"]) == before
+    assert get_settings().redis_url == before[0]
+    assert set(results) == {"bare", "ours", "single", "bulk", "prefork", "writes_single", "writes_bulk"}
+    assert results["ours"].count == 10 and results["bare"].count == 10
+    for rate in results.values():
+        assert rate.seconds > 0
+        assert rate.per_second > 0
+    assert "10 runs counted" in results["ours"].extra
+    text = pipeline.report(results, 10, 40)
+    assert "ratio ours/bare" in text and "writes alone" in text
