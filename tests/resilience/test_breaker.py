@@ -12,9 +12,18 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from config import reload_settings
 from services.errors import BackendUnavailable, InvalidInput
 from services.redis_client import reset_redis
-from services.resilience import KEY_PREFIX, CircuitBreaker, CircuitOpen, CircuitState, get_breaker, guarded
+from services.resilience import (
+    KEY_PREFIX,
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    circuit,
+    get_breaker,
+    guarded,
+)
 from tests.support.servers import free_port
 
 
@@ -237,3 +246,31 @@ def test_guarded_uses_the_configured_breaker(name: str) -> None:
     breaker = get_breaker(name)
     assert breaker is get_breaker(name)
     assert breaker.failure_threshold == 5  # CIRCUIT_FAILURE_THRESHOLD default
+
+
+def test_circuit_block_guards_a_with_statement(name: str) -> None:
+    backend = Backend()
+    backend.down = True
+    for _ in range(5):  # CIRCUIT_FAILURE_THRESHOLD default
+        with pytest.raises(BackendUnavailable), circuit(name):
+            backend()
+    with pytest.raises(CircuitOpen), circuit(name):
+        backend()
+    assert backend.calls == 5
+
+
+def test_disabled_breakers_call_straight_through(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRCUIT_BREAKER_ENABLED", "false")
+    reload_settings()
+    try:
+        backend = Backend()
+        backend.down = True
+        for _ in range(8):
+            with pytest.raises(BackendUnavailable):
+                guarded(name, backend)
+        with pytest.raises(BackendUnavailable), circuit(name):
+            backend()
+        assert backend.calls == 9
+    finally:
+        monkeypatch.delenv("CIRCUIT_BREAKER_ENABLED")
+        reload_settings()
