@@ -7,16 +7,17 @@ app = create_app()          # reads settings; builds no backend client (they are
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, compile_path
 
 from api import errors
-from api.auth import Scope, parse_api_keys, required_scope
+from api.auth import AuthGate, Scope, parse_api_keys, required_scope
 from api.limits import BodySizeLimit
 from api.routes import executions, files, health, queues, search, workflows
 from config import Settings, get_settings
@@ -84,7 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
     errors.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(search.router)
@@ -92,4 +92,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(executions.router)
     app.include_router(queues.router)
     app.include_router(presign_app.router, prefix=presign_prefix(settings))
+    # The last middleware added runs first: the key is checked, then the size, then the body is read.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(AuthGate, rules=auth_rules(app), keys=app.state.api_keys)
     return app
+
+
+def auth_rules(app: FastAPI) -> list[tuple[str, re.Pattern[str], Scope]]:
+    """``(method, path regex, scope)`` of every operation of ``app`` that needs a key (for AuthGate)."""
+    return [
+        (route.method, compile_path(route.path)[0], route.scope)
+        for route in api_routes(app)
+        if route.scope is not None
+    ]

@@ -15,13 +15,20 @@ with :func:`hmac.compare_digest` against every configured key, and never logged.
 from __future__ import annotations
 
 import hmac
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal, cast, get_args
 
 from fastapi import Depends, HTTPException, Request, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from services.errors import ConfigurationError
+
+HTTP_ERROR_TYPES = {401: "Unauthorized", 403: "Forbidden"}
 
 Scope = Literal["read", "write", "enqueue", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -104,16 +111,73 @@ class RequireScope:
         bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> ApiKey:
         presented = header_key or (bearer_key.credentials if bearer_key is not None else None)
-        challenge = {"WWW-Authenticate": 'Bearer realm="wft"'}
-        if not presented:
-            raise HTTPException(401, "an API key is required (X-API-Key header or Bearer token)", challenge)
-        key = find_key(request.app.state.api_keys, presented)
-        if key is None:
-            raise HTTPException(401, "the API key is not valid", challenge)
-        if not key.allows(self.scope):
-            raise HTTPException(403, f"this API key lacks the '{self.scope}' scope this route requires")
+        key = authorize(request.app.state.api_keys, presented, self.scope)
         request.state.api_key = key.label
         return key
+
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="wft"'}
+
+
+def authorize(keys: list[ApiKey], presented: str | None, scope: Scope) -> ApiKey:
+    """The configured key ``presented`` if it holds ``scope``. Raises HTTPException 401 (no key, or not a
+    configured one) or 403 (a key without the scope)."""
+    if not presented:
+        raise HTTPException(401, "an API key is required (X-API-Key header or Bearer token)", CHALLENGE)
+    key = find_key(keys, presented)
+    if key is None:
+        raise HTTPException(401, "the API key is not valid", CHALLENGE)
+    if not key.allows(scope):
+        raise HTTPException(403, f"this API key lacks the '{scope}' scope this route requires")
+    return key
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents: ``X-API-Key``, else the token of ``Authorization: Bearer``."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+class AuthGate:
+    """Checks the key of a request before the app reads its body (ASGI middleware).
+
+    FastAPI parses a request's body before it runs the route's dependencies, so without this gate a request
+    without a key but with a malformed body would learn 422/400 instead of 401. ``rules`` are
+    ``(method, path regex, scope)`` of every protected operation; requests matching none pass through (public
+    routes, and unknown paths that answer 404/405). :class:`RequireScope` still checks again in the route.
+    """
+
+    def __init__(
+        self, app: ASGIApp, rules: list[tuple[str, re.Pattern[str], Scope]], keys: list[ApiKey]
+    ) -> None:
+        self.app = app
+        self.rules = rules
+        self.keys = keys
+
+    def _required(self, method: str, path: str) -> Scope | None:
+        for rule_method, pattern, scope in self.rules:
+            if rule_method == method and pattern.match(path):
+                return scope
+        return None
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            required = self._required(scope["method"], scope["path"])
+            if required is not None:
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                try:
+                    authorize(self.keys, presented_key(headers), required)
+                except HTTPException as exc:
+                    body = {"error": {"type": HTTP_ERROR_TYPES[exc.status_code], "message": exc.detail}}
+                    response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 READ = Depends(RequireScope("read"))

@@ -86,6 +86,21 @@ def test_a_key_without_the_scope_is_forbidden(api_server: ApiServer, key: str, a
     assert refused > 0
 
 
+def test_the_key_is_checked_before_the_body_is_read(api_server: ApiServer) -> None:
+    with api_server.client(key=None) as anonymous:
+        malformed = anonymous.post(
+            "/workflows", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        _assert_error(malformed, 401, "Unauthorized")
+        assert malformed.headers["www-authenticate"].startswith("Bearer")
+        garbage = anonymous.post(
+            "/upload", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        _assert_error(garbage, 401, "Unauthorized")
+        with api_server.client(key=READ_KEY) as reader:
+            _assert_error(reader.post("/workflows", content=b"{not json"), 403, "Forbidden")
+
+
 def test_write_routes_need_write_and_dead_letters_need_admin(api_server: ApiServer) -> None:
     scopes = {(m, p): s for m, p, s in _routes(api_server)}
     assert scopes[("POST", "/upload")] == "write"
