@@ -335,11 +335,12 @@ class CircuitBreaker:
 
     def _after_call(self, ticket: _Ticket, exc: BaseException | None) -> None:
         probe = ticket.probe
-        failed = exc is not None and isinstance(exc, self.failure_on)
-        if exc is not None and not failed and not isinstance(exc, Exception):
-            # Cancelled, KeyboardInterrupt, SystemExit: no verdict on the backend; free the probe lock.
+        if isinstance(exc, CircuitOpen) or (exc is not None and not isinstance(exc, Exception)):
+            # No verdict on this backend: another backend's breaker refused a call nested in this one (a
+            # vector store calling its embedder), or the call was cancelled/interrupted. Free the probe lock.
             self._release_probe(probe)
             return
+        failed = exc is not None and isinstance(exc, self.failure_on)
         client = self._client()
         if client is not None:
             try:

@@ -274,3 +274,17 @@ def test_disabled_breakers_call_straight_through(name: str, monkeypatch: pytest.
     finally:
         monkeypatch.delenv("CIRCUIT_BREAKER_ENABLED")
         reload_settings()
+
+
+def test_another_breakers_refusal_is_no_failure_of_this_one(name: str) -> None:
+    inner = CircuitBreaker(name + "-inner", failure_threshold=1, timeout=30)
+    outer = CircuitBreaker(name + "-outer", failure_threshold=1, timeout=30)
+    trip(inner, Backend())
+
+    def nested() -> int:
+        return inner.call(Backend())
+
+    for _ in range(3):
+        with pytest.raises(CircuitOpen):
+            outer.call(nested)
+    assert outer.state is CircuitState.CLOSED
