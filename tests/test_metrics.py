@@ -147,3 +147,19 @@ def test_module_serves_the_fleet_metrics(tmp_path: Path, redis_client: redis.Red
         assert value(samples, "wft_queue_depth", queue="workflow_execution") == 0
     finally:
         proc.stop()
+
+
+def test_asgi_app_for_the_api_serves_the_same_metrics(redis_client: redis.Redis) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    reset_redis()
+    metrics.record_task("t.d", "retry", 0.5)
+    api = FastAPI()
+    api.mount("/metrics", metrics.make_asgi_app())
+    with TestClient(api) as client:
+        response = client.get("/metrics/")
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["wft_task_outcomes"].samples[0].labels == {"task": "t.d", "outcome": "retry"}
+    assert "wft_queue_depth" in families
