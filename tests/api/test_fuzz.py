@@ -20,7 +20,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app()).exclude(p
 
 @schema.parametrize()
 @settings(
-    max_examples=12,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     suppress_health_check=[
