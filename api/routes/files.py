@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import Response
@@ -49,4 +50,8 @@ def download_file(file_id: Annotated[str, Path(description="the filename given a
     object_name = UPLOADS_PREFIX + file_id
     info = storage.stat(UPLOADS_BUCKET, object_name)
     content = storage.download_file(UPLOADS_BUCKET, object_name)
-    return Response(content=content, media_type=info.content_type)
+    # The name in filename* is percent-encoded UTF-8 (RFC 6266), so no name can break the header.
+    disposition = f"attachment; filename*=UTF-8''{quote(file_id.rsplit('/', 1)[-1], safe='')}"
+    return Response(
+        content=content, media_type=info.content_type, headers={"Content-Disposition": disposition}
+    )

@@ -26,6 +26,7 @@ def test_upload_then_download_by_name_and_by_presigned_url(api: httpx.Client, ap
     assert download.status_code == 200
     assert download.content == content
     assert download.headers["content-type"] == "application/x-report"
+    assert download.headers["content-disposition"] == "attachment; filename*=UTF-8''report%202026.bin"
 
     # the presigned URL needs no key: its signature is its authentication
     presigned = httpx.get(body["download_url"])

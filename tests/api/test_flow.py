@@ -67,6 +67,18 @@ def test_workflow_registered_executed_and_found(api: httpx.Client, fleet: list[W
         workflow_id=target.id,
         status="completed",
     )
+    started = record["started_at"]
+    in_window = api.get(
+        "/search/executions", params={"workflow_id": target.id, "date_from": started, "date_to": started}
+    )
+    assert [r["id"] for r in in_window.json()["results"]] == [execution_id]
+    before = api.get(
+        "/search/executions", params={"workflow_id": target.id, "date_to": "2020-01-01T00:00:00Z"}
+    )
+    assert before.json()["results"] == []
+    bad_date = api.get("/search/executions", params={"date_from": "yesterday"})
+    assert bad_date.status_code == 422
+    assert "date" in bad_date.json()["error"]["message"]
     logs = _poll(api, f"/executions/{execution_id}/logs", lambda b: b["total"] == len(record["steps"]))
     assert {entry["execution_id"] for entry in logs["logs"]} == {execution_id}
     similar = _poll(api, f"/workflows/{target.id}/similar", lambda b: b["total"] > 0, min_score=0.0)
