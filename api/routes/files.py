@@ -6,11 +6,12 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Path, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from api.auth import READ, WRITE
 from services.errors import InvalidInput
 from services.storage import get_storage_service
+from services.storage.local import LocalStorage
 
 router = APIRouter(tags=["files"])
 
@@ -48,10 +49,16 @@ def download_file(file_id: Annotated[str, Path(description="the filename given a
     """The bytes of an uploaded file, with the content type it was uploaded with; 404 when there is none."""
     storage = get_storage_service()
     object_name = UPLOADS_PREFIX + file_id
+    # The name in filename* is percent-encoded UTF-8 (RFC 6266), so no name can break the header.
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file_id.rsplit('/', 1)[-1], safe='')}"
+    }
+    if isinstance(storage, LocalStorage):
+        # Streamed in chunks from one open file: a large upload is never held in memory whole, and the
+        # content type belongs to these bytes even if the object is replaced meanwhile.
+        handle, info = storage.open_object(UPLOADS_BUCKET, object_name)
+        headers["Content-Length"] = str(info.size)
+        return StreamingResponse(storage.iter_object(handle), media_type=info.content_type, headers=headers)
     info = storage.stat(UPLOADS_BUCKET, object_name)
     content = storage.download_file(UPLOADS_BUCKET, object_name)
-    # The name in filename* is percent-encoded UTF-8 (RFC 6266), so no name can break the header.
-    disposition = f"attachment; filename*=UTF-8''{quote(file_id.rsplit('/', 1)[-1], safe='')}"
-    return Response(
-        content=content, media_type=info.content_type, headers={"Content-Disposition": disposition}
-    )
+    return Response(content=content, media_type=info.content_type, headers=headers)
