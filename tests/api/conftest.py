@@ -25,6 +25,7 @@ from services.redis_client import reset_redis
 from services.search import reset_search_service
 from services.storage import reset_storage_service
 from services.vectors import reset_vector_service
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, NanioServer, nanio_server
 from tests.support.servers import free_port, wait_until
 from tests.support.workers import WorkerProcess
 
@@ -35,6 +36,8 @@ ENQUEUE_KEY = "test-enqueue-key"
 API_KEYS = f"{ADMIN_KEY}:admin,{READ_KEY}:read,{WRITE_KEY}:read+write,{ENQUEUE_KEY}:enqueue"
 #: Small enough that a test can send more, large enough for every ordinary request of these tests.
 MAX_BODY_BYTES = 256 * 1024
+
+__all__ = ["nanio_server"]  # the session nanio, for minio_backend
 
 
 @dataclass
@@ -118,3 +121,30 @@ def fleet(tmp_path: Path, mq: MessageQueue) -> Iterator[list[WorkerProcess]]:
     finally:
         for worker in workers:
             worker.stop()
+
+
+@pytest.fixture
+def minio_backend(request: pytest.FixtureRequest, mq: MessageQueue) -> Iterator[NanioServer]:
+    """The process's storage switched to the MinIO adapter on a real S3 server (nanio) for one test."""
+    nanio: NanioServer = request.getfixturevalue("nanio_server")
+    overrides = {
+        "STORAGE_BACKEND": "minio",
+        "MINIO_ENDPOINT": nanio.endpoint,
+        "MINIO_ACCESS_KEY": ACCESS_KEY,
+        "MINIO_SECRET_KEY": SECRET_KEY,
+        "MINIO_REGION": REGION,
+    }
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    reload_settings()
+    reset_storage_service()
+    try:
+        yield nanio
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reload_settings()
+        reset_storage_service()

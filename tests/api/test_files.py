@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.api.conftest import MAX_BODY_BYTES, READ_KEY, ApiServer
+from tests.support.s3 import NanioServer
 
 
 def test_upload_then_download_by_name_and_by_presigned_url(api: httpx.Client, api_server: ApiServer) -> None:
@@ -36,6 +37,23 @@ def test_upload_then_download_by_name_and_by_presigned_url(api: httpx.Client, ap
     refused = httpx.get(tampered)
     assert refused.status_code == 403
     assert refused.json()["error"]["type"] == "Forbidden"
+
+
+def test_upload_and_download_through_the_minio_adapter(api: httpx.Client, minio_backend: NanioServer) -> None:
+    content = os.urandom(50_000)
+    response = api.post("/upload", files={"file": ("s3.bin", content, "application/x-s3")})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["download_url"].startswith(f"http://{minio_backend.endpoint}/user-uploads/uploads/s3.bin?")
+    assert minio_backend.client().get_object("user-uploads", "uploads/s3.bin").read() == content
+    download = api.get("/download/s3.bin")
+    assert download.status_code == 200
+    assert download.content == content
+    assert download.headers["content-type"] == "application/x-s3"
+    presigned = httpx.get(body["download_url"])  # signed for S3 itself: no API key involved
+    assert presigned.status_code == 200
+    assert presigned.content == content
+    assert api.get("/download/not-there.bin").status_code == 404
 
 
 def test_nested_names_round_trip_and_replacing_an_upload(api: httpx.Client) -> None:
