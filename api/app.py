@@ -15,15 +15,20 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, compile_path
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from api import errors
 from api.auth import AuthGate, Scope, parse_api_keys, required_scope
 from api.limits import BodySizeLimit
 from api.routes import executions, files, health, queues, search, workflows
 from config import Settings, get_settings
+from services import metrics
 from services.storage import presign_app
 
 log = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
 
 #: Paths that need no API key: liveness, the OpenAPI docs, and the presigned file route (its signature is
 #: its authentication).
@@ -37,6 +42,16 @@ Every route but `/health`, these docs and the presigned file route needs an API 
 `Authorization: Bearer <key>`) holding the route's scope: `read`, `write`, `enqueue` or `admin`.
 Errors are `{"error": {"type": ..., "message": ...}}`.
 """
+
+
+class AsgiEndpoint:
+    """An ASGI app as a route's endpoint (Starlette calls a plain function endpoint with a Request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(executions.router)
     app.include_router(queues.router)
     app.include_router(presign_app.router, prefix=presign_prefix(settings))
+    # The fleet's Prometheus metrics (services.metrics), behind the read scope: a scraper sends the key as
+    # a bearer token. Served at /metrics exactly (a mount would answer /metrics with a redirect).
+    metrics_endpoint = AsgiEndpoint(metrics.make_asgi_app())
+    # Starlette runs a non-function endpoint as an ASGI app, but its hint names request handlers only.
+    app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)  # type: ignore[arg-type]
     # The last middleware added runs first: the key is checked, then the size, then the body is read.
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(AuthGate, rules=auth_rules(app), keys=app.state.api_keys)
@@ -100,8 +120,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def auth_rules(app: FastAPI) -> list[tuple[str, re.Pattern[str], Scope]]:
     """``(method, path regex, scope)`` of every operation of ``app`` that needs a key (for AuthGate)."""
-    return [
+    rules: list[tuple[str, re.Pattern[str], Scope]] = [
         (route.method, compile_path(route.path)[0], route.scope)
         for route in api_routes(app)
         if route.scope is not None
     ]
+    rules.append(("GET", compile_path(METRICS_PATH)[0], "read"))
+    return rules

@@ -57,6 +57,7 @@ def test_every_route_refuses_a_missing_or_wrong_key(api_server: ApiServer) -> No
                 anonymous.request(method, path, headers={"X-API-Key": ADMIN_KEY[:-1]}), 401, "Unauthorized"
             )
         assert anonymous.request("GET", "/health").json() == {"status": "ok"}
+        _assert_error(anonymous.get("/metrics"), 401, "Unauthorized")
         for path in DOCS - {"/docs/oauth2-redirect"}:
             assert anonymous.get(path).status_code == 200, path
 

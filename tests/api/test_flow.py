@@ -95,6 +95,13 @@ def test_workflow_registered_executed_and_found(api: httpx.Client, fleet: list[W
     stats = _poll(api, f"/workflows/{target.id}/stats", lambda b: b["runs"] == 1)
     assert stats["by_status"]["completed"] == 1
 
+    # the fleet's metrics are served by the API (read scope) and count this run's tasks
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'wft_queue_depth{queue="workflow_execution"}' in metrics.text
+    assert 'outcome="success"' in metrics.text
+    assert httpx.get(f"{api.base_url}".rstrip("/") + "/metrics").status_code == 401
+
     # a finished execution cannot be cancelled; an unknown one is not found
     assert api.post(f"/executions/{execution_id}/cancel").status_code == 409
     assert api.post("/executions/never-queued/cancel").status_code == 404
