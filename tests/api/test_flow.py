@@ -204,3 +204,24 @@ def test_readiness_reports_every_service(api: httpx.Client, fleet: list[WorkerPr
     assert report["overall_status"] == "healthy", report
     assert len(report["services"]["workers"]["workers"]) == len(fleet)
     assert set(report["services"]["queues"]["depths"]) >= {"workflow_execution", "dead_letter"}
+
+
+def test_bulk_enqueue_route(api: httpx.Client, api_server: ApiServer, fleet: list[WorkerProcess]) -> None:
+    def entry(i: int) -> dict[str, object]:
+        return {"action": "index_log", "entry": {"id": f"api-bulk-{i}", "timestamp": "2024-06-01T00:00:00Z",
+                "level": "INFO", "message": f"bulk route entry {i}", "service": "api-bulk"}}  # fmt: skip
+
+    with api_server.client(key=ENQUEUE_KEY) as producer:
+        bad = producer.post("/queues/indexing_tasks/messages/bulk",
+                            json={"payloads": [entry(0), {"action": "index_log", "entry": {}}]})  # fmt: skip
+        assert bad.status_code == 422
+        assert "payloads[1]" in bad.json()["error"]["message"]
+        sent = producer.post(
+            "/queues/indexing_tasks/messages/bulk", json={"payloads": [entry(i) for i in range(25)]}
+        )
+        assert sent.status_code == 202, sent.text
+        ids = sent.json()["message_ids"]
+        assert len(ids) == 25
+    for message_id in ids:
+        status = _poll(api, f"/messages/{message_id}", lambda b: b["state"] == "SUCCESS")
+        assert status["queue"] == "indexing_tasks"
