@@ -137,8 +137,13 @@ def test_flower_api_needs_credentials_counts_tasks_and_keeps_them_across_restart
     listed = tasks_listed(flower)
     assert set(ids) <= set(listed)
     assert all(listed[m]["state"] == "SUCCESS" for m in ids)
-    workers = httpx.get(flower.url + "/api/workers", auth=AUTH, timeout=30).json()
-    assert worker.nodename in workers
+
+    def worker_listed() -> bool:
+        # refresh=1 makes Flower inspect the workers now (its 1 s inspect timeout can miss a busy worker).
+        response = httpx.get(flower.url + "/api/workers", auth=AUTH, params={"refresh": 1}, timeout=30)
+        return worker.nodename in response.json()
+
+    wait_until(worker_listed, timeout=60, interval=0.5, what=f"Flower to list {worker.nodename}")
 
     # --persistent: the state is saved on shutdown and loaded on start.
     flower.stop()
