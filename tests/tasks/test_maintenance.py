@@ -78,6 +78,10 @@ def test_expiry_deletes_old_finished_executions_from_store_and_index(
     # Run again (a redelivery, or the next beat): nothing of ours is left to expire.
     _send(mq, EXPIRE_TASK).get(timeout=60)
     assert repo.get_execution(fresh.execution_id) is not None
+    # Leave the session's shared store as we found it (other tests count what it holds).
+    for record in (fresh, stuck):
+        repo.delete_execution(record.execution_id)
+        search.delete_execution(record.execution_id)
 
 
 def test_reconcile_removes_strays_and_resends_what_the_indexes_miss(
@@ -119,6 +123,11 @@ def test_reconcile_removes_strays_and_resends_what_the_indexes_miss(
 
     wait_until(embedded, timeout=60, what="the missing workflow to be embedded again")
     assert [d["id"] for d in search.search_workflows(f"Kept {run}")] == [kept.id]
+    # Leave the session's shared store and indexes as we found them (other tests count what they hold).
+    for workflow in (kept, missing):
+        repo.delete_workflow(workflow.id)
+        search.delete_workflow(workflow.id)
+        vectors.delete_vector(VECTOR_COLLECTION, workflow.id)
 
 
 def test_beat_sends_the_maintenance_tasks_on_schedule(
