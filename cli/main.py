@@ -214,8 +214,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = [q for q in queues.split(",") if q not in QUEUES]
     if unknown:
         raise InvalidInput(f"unknown queue(s) {', '.join(unknown)}; expected some of: {', '.join(QUEUES)}")
-    argv = celery_argv("worker", "-Q", queues, "-E", "-l", args.loglevel, *(["-c", str(args.concurrency)]
-                       if args.concurrency else []), *args.celery_args)  # fmt: skip
+    extra = [a for a in args.celery_args if a != "--"]
+    concurrency = ["-c", str(args.concurrency)] if args.concurrency else []
+    argv = celery_argv(
+        "worker", "-Q", queues, "-P", args.pool, "-E", "-l", args.loglevel, *concurrency, *extra
+    )
     os.execv(argv[0], argv)  # noqa: S606 - replaces this process with the worker, as a preset should
 
 
@@ -284,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--queues", "-Q", default=None, help=f"comma-separated (default all: {','.join(QUEUES)})"
     )
     worker.add_argument("--concurrency", "-c", type=int, default=None)
+    worker.add_argument(
+        "--pool", "-P", choices=["prefork", "threads", "solo"], default="prefork",
+        help="prefork (default; time limits enforced) or threads (index and vector messages are then written "
+        "in bulk across the threads of a process, see tasks/batching.py)",
+    )  # fmt: skip
     worker.add_argument("--loglevel", "-l", default="INFO")
     worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed on to `celery worker` after --")
     worker.set_defaults(func=cmd_worker)
