@@ -74,3 +74,23 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         client.delete(*keys[start : start + 1000])
     yield client
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_and_clients() -> Iterator[None]:
+    """After each test, settings are read again from the (restored) environment and every per-process
+    client is dropped, so a test that pointed them elsewhere cannot leak that into the next one."""
+    yield
+    from config import reload_settings
+    from services.cache import reset_cache
+    from services.embeddings import reset_embedder
+    from services.message_queue import reset_message_queue
+    from services.redis_client import reset_redis
+    from services.search import reset_search_service
+    from services.storage import reset_storage_service
+    from services.vectors import reset_vector_service
+
+    reload_settings()
+    for reset in (reset_message_queue, reset_cache, reset_search_service, reset_storage_service,
+                  reset_vector_service, reset_embedder, reset_redis):  # fmt: skip
+        reset()

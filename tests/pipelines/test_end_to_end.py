@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import uuid
 
 import pytest
 
@@ -53,12 +54,16 @@ def test_registered_workflows_are_found_by_text_and_by_similarity(
 def test_fifty_executions_are_recorded_indexed_and_counted(
     pipelines: Pipelines, fleet: list[WorkerProcess]
 ) -> None:
-    samples = load_samples()
+    # Workflows of this test's own (ids unique to the run), so its counts are exact whatever else the
+    # session's store holds.
+    run = uuid.uuid4().hex[:8]
+    originals = load_samples()
+    samples = [w.model_copy(update={"id": f"{w.id}-{run}"}) for w in originals]
     for workflow in samples:
         pipelines.register_workflow(workflow)
     started = dt.datetime.now(dt.UTC)
     expected: dict[str, str] = {}
-    plan = [(w.id, s) for w in samples for s in sample_inputs(w.id)]
+    plan = [(w.id, s) for w, o in zip(samples, originals, strict=True) for s in sample_inputs(o.id)]
     assert {s.expect for _, s in plan} >= {"completed", "failed"}
     while len(expected) < 50:
         workflow_id, sample = plan[len(expected) % len(plan)]
