@@ -17,10 +17,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from config import reload_settings
 from services import metrics
+from services.health import HealthService
 from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
 from services.redis_client import reset_redis
 from services.resilience import KEY_PREFIX, CircuitOpen, reset_breakers
+from services.search import reset_search_service
 from services.search.elasticsearch import ElasticsearchSearchService
 from tests.support.opensearch import OsmemBehindProxy
 from tests.support.servers import wait_until
@@ -57,7 +60,11 @@ def retries(error: str) -> float:
 
 
 def test_stopped_backend_opens_the_shared_breaker_and_nothing_is_lost(
-    tmp_path: Path, mq: MessageQueue, backend: OsmemBehindProxy, redis_client: redis.Redis
+    tmp_path: Path,
+    mq: MessageQueue,
+    backend: OsmemBehindProxy,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     prefix = f"bs{tag}-"
@@ -103,6 +110,20 @@ def test_stopped_backend_opens_the_shared_breaker_and_nothing_is_lost(
             observer.count("workflows")
         assert backend.proxy.requests == reached, "an open breaker let a call through to the backend"
         observer.close()
+
+        # Readiness, as the API's /ready computes it in this process, says degraded while search is down.
+        for name in (
+            "SEARCH_BACKEND",
+            "ELASTICSEARCH_URL",
+            "ELASTICSEARCH_INDEX_PREFIX",
+            "ELASTICSEARCH_TIMEOUT",
+        ):
+            monkeypatch.setenv(name, env[name])
+        reload_settings()
+        reset_search_service()
+        report = HealthService().check_all_services_sync()
+        assert report["services"]["search"]["status"] == "unhealthy"
+        assert report["overall_status"] == "degraded"
 
         # The workers' tasks fail fast too and are retried (not dead-lettered) while it is down.
         wait_until(lambda: retries("CircuitOpen") >= 5, timeout=60, what="tasks to retry on the open breaker")
