@@ -13,6 +13,7 @@ JSON).
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from config.queues import Queue
 from services import deliveries
 from services.errors import PermanentError, TransientError
 from services.redis_client import get_redis
+from services.resilience import CircuitOpen
 
 logger = get_task_logger(__name__)
 
@@ -83,6 +85,23 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         else:
             reason = "error"
         self.dead_letter(exc, reason=reason, kwargs=kwargs)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        if isinstance(exc, CircuitOpen) and exc.retry_after is not None:
+            # Come back when the breaker lets its next probe through, not sooner: retrying into an open
+            # breaker only spins through the retries it has.
+            countdown = max(countdown or 0.0, exc.retry_after + random.uniform(0, 1))
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         logger.warning("retrying %s after transient error: %s", task_id, exc)
