@@ -1,7 +1,7 @@
 """The configuration table of the README, generated from :class:`config.settings.Settings` so it cannot drift.
 
-    python -m config.docs            # print the table
-    python -m config.docs --check    # exit 1 if README.md does not hold the current table
+python -m config.docs            # print the table
+python -m config.docs --check    # exit 1 if README.md does not hold the current table
 """
 
 from __future__ import annotations
