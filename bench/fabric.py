@@ -10,13 +10,12 @@ Prints enqueue rate and drain rate for both and the ratio ours/bare (target >= 0
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.servers import RedisServer, wait_until
+from bench.common import sandbox
+from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
 
@@ -70,24 +69,9 @@ def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
 
 
 def run(n: int) -> dict[str, Rates]:
-    with tempfile.TemporaryDirectory(prefix="bench-fabric-") as tmp:
-        workdir = Path(tmp)
-        server = RedisServer(workdir / "redis")
-        from config import reload_settings
-
-        previous = os.environ.get("REDIS_URL")
-        with server.running():
-            # Both sides of the comparison read the same settings from this private Redis.
-            os.environ["REDIS_URL"] = server.url
-            reload_settings()
-            try:
-                return {kind: _measure(kind, n, workdir, server.url) for kind in ("bare", "ours")}
-            finally:
-                if previous is None:
-                    os.environ.pop("REDIS_URL", None)
-                else:
-                    os.environ["REDIS_URL"] = previous
-                reload_settings()
+    # Both sides of the comparison read the same settings from one private Redis.
+    with sandbox("bench-fabric-") as box:
+        return {kind: _measure(kind, n, box.workdir, box.redis_url) for kind in ("bare", "ours")}
 
 
 def report(results: dict[str, Rates], n: int) -> str:

@@ -17,12 +17,12 @@ import cProfile
 import io
 import os
 import pstats
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import RedisServer, wait_until
+from bench.common import reset_process_state, sandbox
+from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
 
@@ -136,29 +136,13 @@ def _profile_consumer(n: int) -> str:
 
 
 def run(n_docs: int, n_bare: int) -> dict[str, Any]:
-    from config import reload_settings
-
-    with tempfile.TemporaryDirectory(prefix="bench-hv-") as tmp:
-        workdir = Path(tmp)
-        server = RedisServer(workdir / "redis")
-        previous = {k: os.environ.get(k) for k in ("REDIS_URL", "DATA_DIR")}
-        with server.running():
-            os.environ["REDIS_URL"] = server.url
-            reload_settings()
-            try:
-                bare = _bare_drain(n_bare, workdir, server.url)
-                server.client().flushdb()
-                ours = _ours(n_docs, workdir, server.url)
-                os.environ["DATA_DIR"] = str(workdir / "profile")
-                reload_settings()
-                profile = _profile_consumer(min(n_docs, 20_000))
-            finally:
-                for key, value in previous.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-                reload_settings()
+    with sandbox("bench-hv-") as box:
+        bare = _bare_drain(n_bare, box.workdir, box.redis_url)
+        box.redis.client().flushdb()
+        ours = _ours(n_docs, box.workdir, box.redis_url)
+        os.environ["DATA_DIR"] = str(box.workdir / "profile")  # restored when the sandbox closes
+        reset_process_state()
+        profile = _profile_consumer(min(n_docs, 20_000))
     return {"bare_drain": bare, **ours, "profile": profile, "n_docs": n_docs, "n_bare": n_bare}
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import RedisServer, wait_until
+from bench.common import sandbox
+from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
 WORKFLOW_ID = "bench-onboarding"
@@ -268,44 +267,16 @@ def measure_writes(m: int, workdir: Path) -> tuple[Rate, Rate]:
 
 def run(n: int, m: int, parts: tuple[str, ...] = ("e2e", "indexing")) -> dict[str, Rate]:
     """Measure ``parts`` with a private Redis and data directory; the caller's settings are restored after."""
-    from config import reload_settings
-    from services.message_queue import reset_message_queue
-    from services.redis_client import reset_redis
-    from services.search import reset_search_service
-    from services.storage import reset_storage_service
-    from services.vectors import reset_vector_service
-
-    def reset_all() -> None:
-        reload_settings()
-        for reset in (reset_message_queue, reset_redis, reset_search_service, reset_storage_service,
-                      reset_vector_service):  # fmt: skip
-            reset()
-
     results: dict[str, Rate] = {}
-    previous = {key: os.environ.get(key) for key in ("REDIS_URL", "DATA_DIR")}
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        workdir = Path(tmp)
-        server = RedisServer(workdir / "redis")
-        with server.running():
-            # Every process of the run reads this private Redis and data directory.
-            os.environ["REDIS_URL"] = server.url
-            os.environ["DATA_DIR"] = str(workdir / "data")
-            reset_all()
-            try:
-                if "indexing" in parts:
-                    results["writes_single"], results["writes_bulk"] = measure_writes(m, workdir)
-                    for mode in ("single", "bulk", "prefork"):
-                        results[mode] = measure_indexing(mode, m, workdir, server.url)
-                if "e2e" in parts:
-                    results["bare"] = measure_bare(n, workdir, server.url)
-                    results["ours"] = measure_pipeline(n, workdir, server.url)
-            finally:
-                for key, value in previous.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-                reset_all()
+    with sandbox("bench-pipeline-") as box:
+        workdir, url = box.workdir, box.redis_url
+        if "indexing" in parts:
+            results["writes_single"], results["writes_bulk"] = measure_writes(m, workdir)
+            for mode in ("single", "bulk", "prefork"):
+                results[mode] = measure_indexing(mode, m, workdir, url)
+        if "e2e" in parts:
+            results["bare"] = measure_bare(n, workdir, url)
+            results["ours"] = measure_pipeline(n, workdir, url)
     return results
 
 

@@ -1,0 +1,61 @@
+"""What every benchmark needs: a private Redis and data directory that this process and every worker it
+starts read through the settings, and the caller's settings restored afterwards."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.servers import RedisServer
+
+
+@dataclass
+class Sandbox:
+    workdir: Path
+    redis: RedisServer
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+
+def reset_process_state() -> None:
+    """Read the settings again and drop every per-process client built from the old ones."""
+    from config import reload_settings
+    from services.message_queue import reset_message_queue
+    from services.redis_client import reset_redis
+    from services.search import reset_search_service
+    from services.storage import reset_storage_service
+    from services.vectors import reset_vector_service
+
+    reload_settings()
+    for reset in (reset_message_queue, reset_redis, reset_search_service, reset_storage_service,
+                  reset_vector_service):  # fmt: skip
+        reset()
+
+
+@contextmanager
+def sandbox(prefix: str) -> Iterator[Sandbox]:
+    """A temporary directory with a private ``redis-server``; ``REDIS_URL`` and ``DATA_DIR`` point at them
+    while the block runs (workers started inside inherit them) and are restored after."""
+    previous = {key: os.environ.get(key) for key in ("REDIS_URL", "DATA_DIR")}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        workdir = Path(tmp)
+        server = RedisServer(workdir / "redis")
+        with server.running():
+            os.environ["REDIS_URL"] = server.url
+            os.environ["DATA_DIR"] = str(workdir / "data")
+            reset_process_state()
+            try:
+                yield Sandbox(workdir, server)
+            finally:
+                for key, value in previous.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                reset_process_state()
