@@ -167,9 +167,7 @@ class MessageQueue:
         if ttl_seconds is not None:
             ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
         ids = [str(uuid.uuid4()) for _ in validated]
-        bulk = queue is not Queue.WORKFLOW_EXECUTION and all(
-            a.task == f"{queue.value}.{a.name}" for a, _ in validated
-        )
+        bulk = all(action.bulk for action, _ in validated)
         try:
             with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
                 if bulk:

@@ -115,6 +115,8 @@ class Action:
     task: str
     #: Tasks run together (a Celery group) after this one succeeds, each given its result: a canvas chain.
     follow_up: tuple[str, ...] = ()
+    #: The ``<queue>.bulk`` consumer can write this action, so ``enqueue_many`` may pack it in envelopes.
+    bulk: bool = False
 
 
 _ACTIONS: dict[tuple[Queue, str], Action] = {}
@@ -127,6 +129,7 @@ def register_action(
     model: type[Payload],
     task: str | None = None,
     follow_up: tuple[str, ...] = (),
+    bulk: bool = False,
 ) -> Action:
     """Declare that ``queue`` takes ``action=name`` payloads shaped like ``model``, run by ``task``.
 
@@ -134,7 +137,7 @@ def register_action(
     ``follow_up`` names tasks that run as a group on the result once the task succeeds.
     """
     q = Queue(queue)
-    action = Action(q, name, model, task or f"{q.value}.{name}", follow_up)
+    action = Action(q, name, model, task or f"{q.value}.{name}", follow_up, bulk)
     _ACTIONS[(q, name)] = action
     return action
 
@@ -153,7 +156,7 @@ for _queue, _name, _model in (
     (Queue.VECTORS, "embed_workflow", EmbedWorkflow),
     (Queue.ANALYTICS, "update_workflow_stats", UpdateWorkflowStats),
 ):
-    register_action(_queue, _name, _model)
+    register_action(_queue, _name, _model, bulk=True)  # tasks/bulk.py has a bulk writer for each
 
 
 def actions_for(queue: Queue) -> list[str]:

@@ -100,3 +100,11 @@ def test_fifty_thousand_documents_survive_a_killed_worker_exactly_once(
     assert item_states(redis_client, ids).count("SUCCESS") == total
     assert mq.list_dead_letters() == []
     search.close()
+
+
+def test_every_action_marked_bulk_has_a_bulk_writer() -> None:
+    from services.messages import known_actions
+    from tasks.bulk import HANDLERS
+
+    marked = {a.name for a in known_actions() if a.bulk}
+    assert marked == set(HANDLERS)
