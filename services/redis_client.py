@@ -31,8 +31,27 @@ def get_redis(url: str | None = None) -> redis.Redis:
 
 
 def reset_redis() -> None:
-    """Forget every client (tests that restart Redis or change ``REDIS_URL``)."""
+    """Close and forget this process's clients (tests that restart Redis or change ``REDIS_URL``).
+
+    Clients inherited from a parent process are forgotten without being touched: closing one would shut
+    down the socket the parent still uses, and its pool's lock may have been held by a parent thread at the
+    moment of the fork.
+    """
+    pid = os.getpid()
     with _lock:
-        for client in _clients.values():
-            client.close()
+        for (owner, _), client in list(_clients.items()):
+            if owner == pid:
+                client.close()
         _clients.clear()
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by another thread of the parent when it forked; nothing in the child
+    # holds it now.
+    global _lock  # noqa: PLW0603 - replaced once per fork, before any thread of the child can use it
+    _lock = threading.Lock()
+    for key in [k for k in _clients if k[0] != os.getpid()]:
+        del _clients[key]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
