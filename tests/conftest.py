@@ -94,18 +94,3 @@ def _fresh_settings_and_clients() -> Iterator[None]:
     for reset in (reset_message_queue, reset_cache, reset_search_service, reset_storage_service,
                   reset_vector_service, reset_embedder, reset_redis):  # fmt: skip
         reset()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the HTTP API tests last.
-
-    Tests elsewhere fork children on purpose (a forked child must open its own SQLite connection, a breaker's
-    state must be shared across processes). After the API tests, which leave server and health-check threads
-    behind in this process, such children sometimes hang at start-up on a lock one of those threads held at
-    the moment of the fork (seen in CI, not yet pinned down). Running the API tests last keeps the fork tests
-    meaningful; the hang itself is recorded as an open problem.
-    """
-    api = [item for item in items if "/tests/api/" in str(item.path)]
-    if api:
-        rest = [item for item in items if "/tests/api/" not in str(item.path)]
-        items[:] = rest + api
