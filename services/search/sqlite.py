@@ -30,6 +30,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -63,6 +64,11 @@ _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 # SQLite's default limit on bound parameters is 32766 in 3.32+; chunks stay far below it.
 _IN_CHUNK = 500
+#: Pages the WAL may hold before a commit copies them into the database (SQLite's default is 1,000, about
+#: 4 MB). Each checkpoint syncs the database file; at the default they took a fifth of a bulk log load's
+#: time (measured: 10,200 vs 12,800 entries/s for 100,000 entries in batches of 500). The WAL grows to
+#: about 40 MB instead.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 _TOKENIZER = "unicode61 tokenchars '_'"
 
 _SCHEMA = f"""
@@ -177,8 +183,9 @@ class SqliteSearchService:
             raise BackendUnavailable(f"cannot open the search database {self.path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute("PRAGMA temp_store = MEMORY")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -200,6 +207,24 @@ class SqliteSearchService:
             conn.close()
             raise BackendUnavailable(f"cannot prepare the search database {self.path}: {exc}") from exc
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the database in WAL mode (a property of the file: set once, by whoever creates it).
+
+        Reading or switching the mode can fail with SQLITE_BUSY at once, without the busy handler, while
+        another process is closing the database (its last connection checkpoints and removes the WAL under
+        an exclusive lock): this tries again until the busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
