@@ -14,6 +14,7 @@ from kombu.entity import Exchange
 from kombu.entity import Queue as KombuQueue
 
 from config import QUEUES, Settings, get_settings
+from services.result_backend import RedisResultBackend, backend_url
 
 #: Broker-side priorities, 0-9 on every broker. Producers speak "higher runs first" and map to these.
 PRIORITY_LEVELS = 10
@@ -47,7 +48,8 @@ def build(settings: Settings) -> dict[str, Any]:
     )
     return {
         "broker_url": broker_url,
-        "result_backend": settings.effective_result_backend,
+        # Celery's Redis backend, minus the arguments of bulk envelopes (see services.result_backend).
+        "result_backend": backend_url(settings.effective_result_backend, RedisResultBackend),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             # Longer than the longest time a message may legitimately stay unacknowledged.

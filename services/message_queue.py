@@ -19,7 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from celery import Celery, chain, group
-from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 
 import celeryconfig
@@ -27,40 +26,24 @@ from config import QUEUES, Settings, get_settings
 from config.queues import Queue
 from services import deliveries
 from services.dead_letters import DeadLetter, DeadLetterStore
+from services.envelopes import pack_items
 from services.errors import BackendUnavailable, InvalidInput, NotFound
-from services.item_status import item_status
-from services.messages import ExecuteWorkflow, JsonObject, known_actions, resolve_queue, validate
+from services.item_status import item_id, item_status, split_item_id
+from services.messages import Action, ExecuteWorkflow, JsonObject, known_actions, resolve_queue, validate
 from services.redis_client import get_redis
+from services.result_backend import ProducerRedisBackend, backend_url
 
 #: States :meth:`MessageQueue.get_status` reports beyond Celery's own.
 EXPIRED = "EXPIRED"
 DEAD_LETTERED = "DEAD_LETTERED"
 
 
-class ProducerRedisBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
-    """The Redis result backend as producers use it.
-
-    Celery's Redis backend subscribes to a pub/sub channel for every task a process sends, so that a later
-    ``AsyncResult.get()`` wakes up at once. Our producers never block on results (they read statuses with
-    ``get_status``), so the subscription would only cost a round trip per message and a connection that
-    stays open.
-    """
-
-    def on_task_call(self, producer: Any, task_id: str) -> None:
-        return None
-
-    def on_result_fulfilled(self, result: Any) -> None:
-        # Nothing was subscribed, so there is nothing to unsubscribe (Celery would open a pub/sub
-        # connection just to do it when an AsyncResult is garbage-collected).
-        return None
-
-
 def make_producer_app(settings: Settings | None = None) -> Celery:
     """A Celery app that only sends: configured like the workers, with no task modules imported."""
     app = Celery("wft-producer", set_as_current=False)
-    conf = celeryconfig.build(settings or get_settings())
-    if str(conf["result_backend"]).startswith(("redis://", "rediss://", "unix://")):
-        conf["result_backend"] = f"{__name__}:ProducerRedisBackend+{conf['result_backend']}"
+    settings = settings or get_settings()
+    conf = celeryconfig.build(settings)
+    conf["result_backend"] = backend_url(settings.effective_result_backend, ProducerRedisBackend)
     app.conf.update(conf)
     return app
 
@@ -166,40 +149,60 @@ class MessageQueue:
         ttl = None
         if ttl_seconds is not None:
             ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
-        ids = [str(uuid.uuid4()) for _ in validated]
-        bulk = all(action.bulk for action, _ in validated)
+        countdown = delay or None
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-                if bulk:
-                    size = self.settings.bulk_envelope_size
-                    for start in range(0, len(validated), size):
-                        items = [
-                            {"id": message_id, "action": action.name, "payload": body}
-                            for message_id, (action, body) in zip(
-                                ids[start : start + size], validated[start : start + size], strict=True
-                            )
-                        ]
-                        options = self._options(queue, pri, str(uuid.uuid4()), delay or None, ttl)
-                        self.app.send_task(f"{queue.value}.bulk", kwargs={"items": items}, producer=producer,
-                                           **options)  # fmt: skip
-                else:
-                    for message_id, (action, body) in zip(ids, validated, strict=True):
-                        if action.model is ExecuteWorkflow and "execution_id" not in body:
-                            body["execution_id"] = message_id
-                        options = self._options(action.queue, pri, message_id, delay or None, ttl)
-                        if action.follow_up:
-                            first = self.app.signature(action.task, kwargs={"payload": body}, **options)
-                            then = group(self.app.signature(name) for name in action.follow_up)
-                            chain(first, then).apply_async(producer=producer)
-                        else:
-                            self.app.send_task(
-                                action.task, kwargs={"payload": body}, producer=producer, **options
-                            )
+            with self.app.producer_or_acquire() as producer:
+                if all(action.bulk for action, _ in validated):
+                    return self._send_envelopes(producer, queue, validated, pri, countdown, ttl)
+                return self._send_each(producer, validated, pri, countdown, ttl)
         except OperationalError as exc:
             raise BackendUnavailable(
-                f"could not send {len(ids)} messages to '{queue.value}': broker at "
-                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc})"
+                f"could not send {len(validated)} messages to '{queue.value}': broker at "
+                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc}); envelopes sent "
+                f"before the failure stay queued, and sending the call again is safe (writes are upserts)"
             ) from exc
+
+    def _send_envelopes(
+        self, producer: Any, queue: Queue, validated: list[tuple[Action, JsonObject]], priority: int,
+        countdown: float | None, expires: float | None,
+    ) -> list[str]:  # fmt: skip
+        """Pack the messages into envelopes of ``BULK_ENVELOPE_SIZE`` and send each as soon as it is packed,
+        so workers start on the first while the rest are packed. Message i of envelope E is ``E.i``: no
+        id travels, and the consumer records the outcome of a whole envelope at once."""
+        ids: list[str] = []
+        size = self.settings.bulk_envelope_size
+        with producer.batch(max_size=1):
+            for start in range(0, len(validated), size):
+                envelope = str(uuid.uuid4())
+                chunk = validated[start : start + size]
+                items = [{"action": action.name, "payload": body} for action, body in chunk]
+                options = self._options(queue, priority, envelope, countdown, expires)
+                # One compressed text (see services.envelopes for why and what it saves).
+                self.app.send_task(
+                    f"{queue.value}.bulk", kwargs={"packed_items": pack_items(items)}, producer=producer,
+                    kwargsrepr=f"{{'packed_items': <{len(items)} messages>}}", **options,
+                )  # fmt: skip
+                ids += [item_id(envelope, i) for i in range(len(items))]
+        return ids
+
+    def _send_each(
+        self, producer: Any, validated: list[tuple[Action, JsonObject]], priority: int,
+        countdown: float | None, expires: float | None,
+    ) -> list[str]:  # fmt: skip
+        """One Celery message per payload (each execution runs its own pipeline), 1,000 Redis commands per
+        round trip."""
+        ids = [str(uuid.uuid4()) for _ in validated]
+        with producer.batch(max_size=1000):
+            for message_id, (action, body) in zip(ids, validated, strict=True):
+                if action.model is ExecuteWorkflow and "execution_id" not in body:
+                    body["execution_id"] = message_id
+                options = self._options(action.queue, priority, message_id, countdown, expires)
+                if action.follow_up:
+                    first = self.app.signature(action.task, kwargs={"payload": body}, **options)
+                    then = group(self.app.signature(name) for name in action.follow_up)
+                    chain(first, then).apply_async(producer=producer)
+                else:
+                    self.app.send_task(action.task, kwargs={"payload": body}, producer=producer, **options)
         return ids
 
     def enqueue_group(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
@@ -248,16 +251,19 @@ class MessageQueue:
         countdown: float | None = None,
         expires: float | None = None,
         follow_up: tuple[str, ...] = (),
+        kwargs: JsonObject | None = None,
     ) -> None:
+        """Send ``task`` with ``{"payload": body}`` (or with ``kwargs`` exactly, when given)."""
         options = self._options(queue, priority, message_id, countdown, expires)
+        kwargs = {"payload": body} if kwargs is None else kwargs
         try:
             if follow_up:
                 # A canvas by task names only: the producer needs none of the worker code.
-                first = self.app.signature(task, kwargs={"payload": body}, **options)
+                first = self.app.signature(task, kwargs=kwargs, **options)
                 then = group(self.app.signature(name) for name in follow_up)
                 chain(first, then).apply_async()
             else:
-                self.app.send_task(task, kwargs={"payload": body}, **options)
+                self.app.send_task(task, kwargs=kwargs, **options)
         except OperationalError as exc:
             raise BackendUnavailable(
                 f"could not send to queue '{queue.value}': broker at "
@@ -268,12 +274,29 @@ class MessageQueue:
         """Where a message is: ``state`` (PENDING, STARTED, RETRY, SUCCESS, FAILURE, EXPIRED, REVOKED,
         DEAD_LETTERED), ``result`` or ``error``, and ``attempts`` (deliveries to a worker so far).
 
-        PENDING means queued, delayed, or unknown: the broker cannot tell these apart.
+        PENDING means queued, delayed, or unknown: the broker cannot tell these apart. A message of a bulk
+        envelope (``E.i``) whose envelope has not finished reports the envelope's state (STARTED, RETRY,
+        or DEAD_LETTERED when the envelope was dead-lettered whole, with ``envelope`` naming it).
         """
         try:
             logical = item_status(self.redis_client, message_id)
-            if logical is not None:
-                return logical
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"could not read the status of {message_id}: {exc}") from exc
+        if logical is not None:
+            return logical
+        in_envelope = split_item_id(message_id)
+        if in_envelope is not None:
+            envelope = self._task_status(in_envelope[0])
+            if envelope["state"] not in {"PENDING", "SUCCESS"}:
+                dead = envelope["dead_letter"]  # the envelope's record: replay it by the envelope's id
+                if dead is not None:
+                    dead = {k: v for k, v in dead.items() if k != "kwargs"}
+                return {**envelope, "id": message_id, "envelope": in_envelope[0], "result": None,
+                        "dead_letter": dead}  # fmt: skip
+        return self._task_status(message_id)
+
+    def _task_status(self, message_id: str) -> dict[str, Any]:
+        try:
             meta = self.app.backend.get_task_meta(message_id)
             attempts = deliveries.attempts(self.redis_client, message_id)
             dead = self.dead_letters.get(message_id) if self.dead_letters.contains(message_id) else None
@@ -370,11 +393,16 @@ class MessageQueue:
         record = self.dead_letters.get(message_id)
         queue = resolve_queue(record["queue"])
         new_id = str(uuid.uuid4())
-        payload = cast("JsonObject", record.get("kwargs", {}).get("payload", {}))
+        kwargs = cast("JsonObject", record.get("kwargs") or {})
+        payload = cast("JsonObject", kwargs.get("payload", {}))
         follow_up = next((a.follow_up for a in known_actions() if a.task == record["task"]), ())
+        # A whole envelope (dead-lettered as one: poison, retries exhausted) goes back as it came; its
+        # messages are then "<new id>.i".
+        envelope = kwargs if record["task"] == f"{queue.value}.bulk" else None
         self._send(
-            record["task"], payload, queue, int(record.get("priority", 0)), new_id, follow_up=follow_up
-        )
+            record["task"], payload, queue, int(record.get("priority", 0)), new_id, follow_up=follow_up,
+            kwargs=envelope,
+        )  # fmt: skip
         self.dead_letters.remove(message_id)
         return new_id
 

@@ -47,6 +47,8 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     max_retries = get_settings().max_retries
     #: Tasks whose failure must not produce another dead letter (the dead-letter consumer itself).
     dead_letter_on_failure = True
+    #: False leaves the task's arguments out of its stored result (see services.result_backend).
+    result_keeps_arguments = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

@@ -21,13 +21,14 @@ from config import get_settings
 from config.queues import Queue
 from services import deliveries
 from services.analytics import WorkflowStats
-from services.errors import PermanentError
-from services.item_status import record_items
+from services.envelopes import unpack_items
+from services.errors import InvalidInput, PermanentError
+from services.item_status import item_id, record_envelope
 from services.messages import (
     EmbedWorkflow,
     IndexExecution,
-    IndexLog,
     IndexWorkflow,
+    LogEntryDoc,
     Payload,
     UpdateWorkflowStats,
 )
@@ -60,8 +61,20 @@ def _index_executions(messages: list[IndexExecution]) -> None:
     get_search_service().bulk_index_executions(docs)
 
 
-def _index_logs(messages: list[IndexLog]) -> None:
-    get_search_service().bulk_index_logs([_dump(m.entry) for m in messages])
+_LOG_SERVICE_DEFAULT = LogEntryDoc.model_fields["service"].default
+
+
+def _index_logs(payloads: list[dict[str, Any]]) -> None:
+    # Logs are the bulk of the traffic, so they are checked once, by the search service's own validation
+    # (which names the bad field), instead of by the payload model too. The producer has already applied
+    # the model's defaults; an envelope from elsewhere gets the one that changes what a search finds.
+    entries = []
+    for payload in payloads:
+        entry = payload.get("entry") if isinstance(payload, dict) else None
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"payload.entry must be a JSON object, got {type(entry).__name__}")
+        entries.append(entry if "service" in entry else {**entry, "service": _LOG_SERVICE_DEFAULT})
+    get_search_service().bulk_index_logs(entries)
 
 
 def _embed_workflows(messages: list[EmbedWorkflow]) -> None:
@@ -77,77 +90,91 @@ def _update_stats(messages: list[UpdateWorkflowStats]) -> None:
     WorkflowStats().record_many((m.workflow_id, _dump(m.execution)) for m in messages)
 
 
-#: action -> (payload model, bulk writer)
-HANDLERS: dict[str, tuple[type[Payload], Writer]] = {
+#: action -> (payload model, bulk writer). The writer of an action without a model takes the payloads as
+#: they came and validates them itself, raising PermanentError for a bad one.
+HANDLERS: dict[str, tuple[type[Payload] | None, Writer]] = {
     "index_workflow": (IndexWorkflow, _index_workflows),
     "index_execution": (IndexExecution, _index_executions),
-    "index_log": (IndexLog, _index_logs),
+    "index_log": (None, _index_logs),
     "embed_workflow": (EmbedWorkflow, _embed_workflows),
     "update_workflow_stats": (UpdateWorkflowStats, _update_stats),
 }
 
 
 def process_envelope(task: BaseTask, queue: str, items: Sequence[dict[str, Any]]) -> dict[str, int]:
-    """Write every item of an envelope in bulk, dead-letter the ones that cannot be written, record each
-    item's status. Transient errors propagate, so Celery retries the whole envelope."""
-    by_action: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for item in items:
-        by_action[item["action"]].append(item)
-    done: list[str] = []
-    failed: list[tuple[dict[str, Any], BaseException]] = []
-    for action, group in by_action.items():
+    """Write every item of an envelope in bulk, dead-letter the ones that cannot be written, record the
+    outcome of every item. Transient errors propagate, so Celery retries the whole envelope."""
+    envelope = task.request.id
+    ids = [str(item.get("id") or item_id(envelope, position)) for position, item in enumerate(items)]
+    by_action: dict[str, list[int]] = defaultdict(list)
+    for position, item in enumerate(items):
+        by_action[item["action"]].append(position)
+    failed: dict[int, BaseException] = {}
+    for action, positions in by_action.items():
         if action not in HANDLERS:
-            failed += [(item, PermanentError(f"no bulk handler for action {action!r}")) for item in group]
+            failed.update((p, PermanentError(f"no bulk handler for action {action!r}")) for p in positions)
             continue
         model, write = HANDLERS[action]
-        parsed = []
-        for item in group:
+        parsed: list[tuple[int, Any]] = []
+        for position in positions:
+            payload = items[position]["payload"]
+            if model is None:
+                parsed.append((position, payload))
+                continue
             try:
-                parsed.append((item, model.model_validate(item["payload"])))
+                parsed.append((position, model.model_validate(payload)))
             except ValueError as exc:
-                failed.append((item, exc))
+                failed[position] = exc
         try:
             write([message for _, message in parsed])
-            done += [item["id"] for item, _ in parsed]
         except PermanentError:
             # Find the documents that spoil the batch; write the others.
-            for item, message in parsed:
+            for position, message in parsed:
                 try:
                     write([message])
-                    done.append(item["id"])
                 except PermanentError as exc:
-                    failed.append((item, exc))
+                    failed[position] = exc
     now = time.time()
-    settings = get_settings()
-    envelope = task.request.id
     attempts = deliveries.attempts(get_redis(), envelope)  # deliveries of the envelope that carried them
-    statuses = [
-        (message_id, {"id": message_id, "state": "SUCCESS", "queue": queue, "envelope": envelope,
-                      "date_done": now, "attempts": attempts})
-        for message_id in done
-    ]  # fmt: skip
-    for item, problem in failed:
-        error = {"type": type(problem).__name__, "message": str(problem)}
-        status = {"id": item["id"], "state": "DEAD_LETTERED", "queue": queue, "envelope": envelope,
-                  "error": error, "date_done": now, "attempts": attempts}  # fmt: skip
-        statuses.append((item["id"], status))
+    errors = {p: {"type": type(problem).__name__, "message": str(problem)} for p, problem in failed.items()}
+    for position, problem in failed.items():
+        item = items[position]
         record = {
-            "id": item["id"], "task": f"{queue}.{item['action']}", "queue": queue,
-            "kwargs": {"payload": item["payload"]}, "priority": 0, "reason": "permanent", "error": error,
-            "attempts": attempts, "retries": task.request.retries, "worker": task.request.hostname,
-            "envelope": envelope, "failed_at": now, "dead_lettered_at": now,
+            "id": ids[position], "task": f"{queue}.{item['action']}", "queue": queue,
+            "kwargs": {"payload": item["payload"]}, "priority": 0, "reason": "permanent",
+            "error": errors[position], "attempts": attempts, "retries": task.request.retries,
+            "worker": task.request.hostname, "envelope": envelope, "failed_at": now, "dead_lettered_at": now,
         }  # fmt: skip
-        logger.error("dead-lettering %s from envelope %s: %s", item["id"], envelope, problem)
+        logger.error("dead-lettering %s from envelope %s: %s", ids[position], envelope, problem)
         task.app.send_task(DEAD_LETTER_TASK, kwargs={"record": record}, queue=Queue.DEAD_LETTER.value,
                            routing_key=Queue.DEAD_LETTER.value)  # fmt: skip
-    record_items(get_redis(), statuses, settings.result_expires)
-    return {"written": len(done), "dead_lettered": len(failed)}
+    outcome = {"queue": queue, "date_done": now, "attempts": attempts}
+    record_envelope(get_redis(), envelope, ids, outcome, errors, get_settings().result_expires)
+    return {"written": len(items) - len(failed), "dead_lettered": len(failed)}
+
+
+def decode_items(items: object = None, packed_items: object = None) -> list[dict[str, Any]]:
+    """The envelope's logical messages: ``items`` as a list, or ``packed_items`` as ``enqueue_many`` packs
+    them (:mod:`services.envelopes`). Raises :class:`InvalidInput` (the envelope is dead-lettered whole) if
+    they are neither."""
+    if packed_items is not None:
+        items = unpack_items(packed_items)
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("action"), str) and "payload" in i for i in items
+    ):
+        raise InvalidInput(
+            "envelope items must be a list of {'action', 'payload'} objects (and an optional 'id')"
+        )
+    return items
 
 
 def _bulk_task(queue: Queue) -> Any:
-    @app.task(name=f"{queue.value}.bulk", bind=True)
-    def bulk(self: BaseTask, items: list[dict[str, Any]]) -> dict[str, int]:
-        return process_envelope(self, queue.value, items)
+    # The items are left out of the envelope's own result: each has a status of its own.
+    @app.task(name=f"{queue.value}.bulk", bind=True, result_keeps_arguments=False)
+    def bulk(
+        self: BaseTask, items: list[dict[str, Any]] | None = None, packed_items: str | None = None
+    ) -> dict[str, int]:
+        return process_envelope(self, queue.value, decode_items(items, packed_items))
 
     return bulk
 

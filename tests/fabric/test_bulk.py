@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
 import signal
@@ -11,8 +13,9 @@ import pytest
 import redis
 
 from config import get_settings
+from services.envelopes import unpack_items
 from services.errors import InvalidInput
-from services.item_status import item_states
+from services.item_status import item_id, item_states
 from services.message_queue import MessageQueue
 from services.search.sqlite import SqliteSearchService
 from tests.fabric.conftest import StartWorker, wait_for_state
@@ -44,11 +47,28 @@ def test_payloads_travel_in_envelopes_and_are_tracked_one_by_one(
     assert len(ids) == len(set(ids)) == n
     assert mq.queue_stats("indexing_tasks")["pending"] == math.ceil(n / size)
     assert mq.get_status(ids[0])["state"] == "PENDING"
+    # On the wire: JSON, the task name, and the items as one packed text.
+    raw = [m for k in redis_client.scan_iter("indexing_tasks*") for m in redis_client.lrange(k, 0, -1)]
+    message = json.loads(raw[0])
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == "indexing_tasks.bulk"
+    body = json.loads(base64.b64decode(message["body"]))
+    assert len(unpack_items(body[1]["packed_items"])) in {size, n % size}
+
     start_worker(["indexing_tasks", "dead_letter"], concurrency=2)
     wait_until(lambda: set(item_states(redis_client, ids)) == {"SUCCESS"}, timeout=120, what="every item")
     status = mq.get_status(ids[-1])
     assert status["state"] == "SUCCESS" and status["queue"] == "indexing_tasks"
     assert status["attempts"] == 1
+    # One status record per envelope, not per message; the envelope's own result leaves the items out.
+    envelopes = {i.rpartition(".")[0] for i in ids}
+    assert len(envelopes) == math.ceil(n / size)
+    assert len(list(redis_client.scan_iter("wft:envelope:*"))) == len(envelopes)
+    assert list(redis_client.scan_iter("wft:item:*")) == []
+    first = ids[0].rpartition(".")[0]
+    meta = mq.app.backend.get_task_meta(first)
+    assert meta["status"] == "SUCCESS" and meta["result"] == {"written": size, "dead_lettered": 0}
+    assert meta["kwargs"] is None and meta["name"] == "indexing_tasks.bulk"
     search = SqliteSearchService(get_settings().data_dir / "search" / "search.db")
     hits = search.search_logs(query="payment processed", service="envelopes", limit=1000)
     assert len(hits) == 1000
@@ -99,6 +119,32 @@ def test_fifty_thousand_documents_survive_a_killed_worker_exactly_once(
     assert search.count("logs") == total
     assert item_states(redis_client, ids).count("SUCCESS") == total
     assert mq.list_dead_letters() == []
+    search.close()
+
+
+def test_an_envelope_dead_lettered_whole_shows_on_its_messages_and_replays_as_it_came(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "search").write_text("a file where the search directory should be")  # search is down
+    ids = mq.enqueue_many("indexing_tasks", [log(i, "replayed") for i in range(20)])
+    envelope = ids[0].rpartition(".")[0]
+    start_worker(["indexing_tasks", "dead_letter"], env={"DATA_DIR": str(data_dir), "MAX_RETRIES": "0"})
+    wait_until(lambda: mq.dead_letters.contains(envelope), timeout=60, what="the envelope's dead letter")
+    status = mq.get_status(ids[7])
+    assert status["state"] == "DEAD_LETTERED" and status["envelope"] == envelope
+    assert status["dead_letter"]["id"] == envelope and "kwargs" not in status["dead_letter"]
+    assert "search" in status["error"]["message"]
+
+    (data_dir / "search").unlink()  # search is back
+    replayed = mq.replay_dead_letter(envelope)
+    new_ids = [item_id(replayed, i) for i in range(20)]
+    wait_until(lambda: set(item_states(redis_client, new_ids)) == {"SUCCESS"}, timeout=60, what="the replay")
+    search = SqliteSearchService(data_dir / "search" / "search.db")
+    assert {h["id"] for h in search.search_logs(service="replayed", limit=100)} == {
+        f"replayed-{i}" for i in range(20)
+    }
     search.close()
 
 

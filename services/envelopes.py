@@ -1,0 +1,56 @@
+"""How the logical messages of a bulk envelope travel inside one Celery message.
+
+``enqueue_many`` sends an envelope's items as one text: their JSON, zlib-compressed (level 1), in base64.
+Measured on the high-volume path, this is cheaper end to end than sending them as a JSON list:
+
+- a worker's main process decodes every message it receives (kombu), stores a copy in the unacked hash
+  and pipes the body to a pool process; with one short string instead of thousands of objects, all three
+  shrink (log documents compress about 6x);
+- Redis holds and moves a sixth of the bytes;
+- the producer and the pool process pay one compression and one decompression, in C.
+
+It is still JSON only: nothing but JSON text is ever decoded, and a packed envelope that would inflate past
+:data:`MAX_UNPACKED_BYTES` is refused rather than inflated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import zlib
+from typing import Any
+
+from services.errors import InvalidInput
+
+#: A packed envelope that inflates beyond this is refused (a zip bomb costs the worker nothing).
+MAX_UNPACKED_BYTES = 64 * 1024 * 1024
+
+
+def pack_items(items: list[dict[str, Any]]) -> str:
+    """The items as base64 text of their zlib-compressed JSON."""
+    raw = json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
+
+
+def unpack_items(packed: object) -> list[dict[str, Any]]:
+    """The items :func:`pack_items` packed. Raises InvalidInput naming what is wrong with ``packed``."""
+    if not isinstance(packed, str):
+        raise InvalidInput(f"packed envelope items must be a string, got {type(packed).__name__}")
+    try:
+        compressed = base64.b64decode(packed, validate=True)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(compressed, MAX_UNPACKED_BYTES)
+    except (binascii.Error, zlib.error) as exc:
+        raise InvalidInput(f"packed envelope items are not base64 zlib data: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise InvalidInput(f"packed envelope items inflate to more than {MAX_UNPACKED_BYTES} bytes")
+    if not inflater.eof:
+        raise InvalidInput("packed envelope items are truncated")
+    try:
+        items = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"packed envelope items are not valid JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise InvalidInput(f"packed envelope items must be a JSON array, got {type(items).__name__}")
+    return items
