@@ -6,8 +6,9 @@ and worker settings.
     python -m bench.highvolume            # 100,000 documents, 20,000 bare noop messages
     python -m bench.highvolume --smoke    # seconds
 
-Prints documents/s end to end, enqueue_many messages/s from one producer, the ratios against bare Celery,
-and the profile of one bulk consumer call (where the remaining time goes).
+Prints documents/s end to end (a time-ordered log stream, and the same documents with timestamps out of
+order), enqueue_many messages/s from one producer, the ratios against bare Celery, and in-process profiles
+of the producer and of the bulk consumer (where the remaining time goes).
 """
 
 from __future__ import annotations
@@ -18,22 +19,32 @@ import io
 import os
 import pstats
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.common import reset_process_state, sandbox
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
 
-def _docs(n: int, offset: int = 0) -> list[dict[str, Any]]:
+def _docs(n: int, offset: int = 0, ordered: bool = True) -> list[dict[str, Any]]:
+    """``n`` log entries. ``ordered``: a time-ordered stream, 100 us apart (10,000 entries a second), as logs
+    arrive. Otherwise the timestamps cycle through one hour, so every batch lands all over the table."""
     services = ("billing", "auth", "search", "mailer")
+    start = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+    def timestamp(k: int) -> str:
+        if ordered:
+            return (start + timedelta(microseconds=100 * k)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return f"2024-05-01T12:{(k // 60) % 60:02d}:{k % 60:02d}Z"
+
     return [
         {
             "action": "index_log",
             "entry": {
                 "id": f"hv-{offset + i}",
-                "timestamp": f"2024-05-01T12:{(i // 60) % 60:02d}:{i % 60:02d}Z",
+                "timestamp": timestamp(offset + i),
                 "level": ("INFO", "WARNING", "ERROR")[i % 3],
                 "message": f"request {offset + i} of tenant {i % 97} took {i % 500} ms on {services[i % 4]}",
                 "service": services[i % 4],
@@ -73,11 +84,11 @@ def _bare_drain(n: int, workdir: Path, redis_url: str) -> float:
     return (n - 1) / max(last - first, 1e-9)
 
 
-def _ours(n: int, workdir: Path, redis_url: str) -> dict[str, float]:
+def _ours(n: int, workdir: Path, redis_url: str, ordered: bool = True) -> dict[str, float]:
     from services.message_queue import MessageQueue
     from services.search.sqlite import SqliteSearchService
 
-    data_dir = workdir / "data"
+    data_dir = workdir / ("data" if ordered else "data-unordered")
     worker = WorkerProcess(workdir, ["indexing_tasks", "dead_letter"], concurrency=2, name="hv-ours",
                            loglevel="WARNING", include="",
                            env={"REDIS_URL": redis_url, "DATA_DIR": str(data_dir)})  # fmt: skip
@@ -86,7 +97,7 @@ def _ours(n: int, workdir: Path, redis_url: str) -> dict[str, float]:
     worker.wait_ready(mq.app)
     search = SqliteSearchService(data_dir / "search" / "search.db")
     search.count("logs")  # create the schema before the clock starts
-    docs = _docs(n)
+    docs = _docs(n, ordered=ordered)
     started = time.perf_counter()
     mq.enqueue_many("indexing_tasks", docs)
     enqueued = time.perf_counter()
@@ -99,40 +110,67 @@ def _ours(n: int, workdir: Path, redis_url: str) -> dict[str, float]:
         mq.close()
     assert search.search_logs(query="tenant 42", limit=5), "documents are searchable"
     search.close()
-    # enqueue_many alone, from one producer, into a queue nobody consumes
+    return {"end_to_end": n / (done - started), "enqueue_during_run": n / (enqueued - started)}
+
+
+def _enqueue_alone(n: int) -> float:
+    """``enqueue_many`` alone, from one producer, into a queue nobody consumes: messages/s."""
+    from services.message_queue import MessageQueue
+
     mq = MessageQueue()
     more = _docs(n, offset=n)
     t0 = time.perf_counter()
     mq.enqueue_many("indexing_tasks", more)
-    producer_rate = n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
     mq.close()
-    return {"end_to_end": n / (done - started), "enqueue_during_run": n / (enqueued - started),
-            "enqueue_many": producer_rate}  # fmt: skip
+    return rate
 
 
-def _profile_consumer(n: int) -> str:
-    """Envelopes of documents through the bulk consumer's own code (validate, bulk write, record statuses),
-    profiled in-process against the embedded search under ``DATA_DIR``."""
-    from services.item_status import record_items
-    from services.redis_client import get_redis
-    from services.search import reset_search_service
-    from tasks.bulk import HANDLERS
-
-    reset_search_service()
-    model, write = HANDLERS["index_log"]
-    docs = _docs(n, offset=10 * n)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for start in range(0, n, 500):
-        chunk = docs[start : start + 500]
-        write([model.model_validate(d) for d in chunk])
-        record_items(get_redis(), [(str(d["entry"]["id"]), {"state": "SUCCESS"}) for d in chunk], 3600)  # type: ignore[index]
-    profiler.disable()
-    reset_search_service()
+def _top(profiler: cProfile.Profile, sort: str, count: int) -> str:
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(10)
+    pstats.Stats(profiler, stream=out).sort_stats(sort).print_stats(count)
     lines = [line.replace(str(Path.cwd()) + "/", "") for line in out.getvalue().splitlines() if line.strip()]
-    return "\n".join(lines[:22])
+    return "\n".join(lines[: count + 6])
+
+
+def _profiles(n: int) -> dict[str, str]:
+    """Where the time goes, profiled in-process (cProfile; the sandbox's Redis and ``DATA_DIR``): the
+    producer's ``enqueue_many``, and the bulk consumer's whole path for the same envelopes (unpack, write,
+    record statuses) against the embedded search."""
+    from types import SimpleNamespace
+
+    from services.envelopes import pack_items, unpack_items
+    from services.message_queue import MessageQueue
+    from services.messages import validate
+    from services.search import reset_search_service
+    from tasks.bulk import process_envelope
+
+    docs = _docs(n, offset=10 * n)
+    mq = MessageQueue()
+    producer = cProfile.Profile()
+    producer.enable()
+    mq.enqueue_many("indexing_tasks", docs)
+    producer.disable()
+    mq.close()
+
+    reset_search_service()
+    envelopes = []
+    for start in range(0, n, 500):
+        items = [
+            {"action": "index_log", "payload": validate("indexing_tasks", d)[1]}
+            for d in docs[start : start + 500]
+        ]
+        envelopes.append(pack_items(items))
+    request = SimpleNamespace(id="", retries=0, hostname="bench@localhost")
+    task = cast(Any, SimpleNamespace(request=request, app=None))
+    consumer = cProfile.Profile()
+    consumer.enable()
+    for number, packed in enumerate(envelopes):
+        request.id = f"bench-envelope-{number}"
+        process_envelope(task, "indexing_tasks", unpack_items(packed))
+    consumer.disable()
+    reset_search_service()
+    return {"producer": _top(producer, "cumulative", 14), "consumer": _top(consumer, "tottime", 14)}
 
 
 def run(n_docs: int, n_bare: int) -> dict[str, Any]:
@@ -140,13 +178,20 @@ def run(n_docs: int, n_bare: int) -> dict[str, Any]:
         bare = _bare_drain(n_bare, box.workdir, box.redis_url)
         box.redis.client().flushdb()
         ours = _ours(n_docs, box.workdir, box.redis_url)
+        box.redis.client().flushdb()
+        unordered = _ours(n_docs, box.workdir, box.redis_url, ordered=False)["end_to_end"]
+        box.redis.client().flushdb()
+        enqueue_many = _enqueue_alone(n_docs)
+        box.redis.client().flushdb()
         os.environ["DATA_DIR"] = str(box.workdir / "profile")  # restored when the sandbox closes
         reset_process_state()
-        profile = _profile_consumer(min(n_docs, 20_000))
-    return {"bare_drain": bare, **ours, "profile": profile, "n_docs": n_docs, "n_bare": n_bare}
+        profiles = _profiles(min(n_docs, 20_000))
+    return {"bare_drain": bare, **ours, "unordered": unordered, "enqueue_many": enqueue_many,
+            "profiles": profiles, "n_docs": n_docs, "n_bare": n_bare}  # fmt: skip
 
 
 def report(r: dict[str, Any]) -> str:
+    ratio = r["end_to_end"] / r["bare_drain"]
     return "\n".join([
         f"### High-volume path ({r['n_docs']:,} index documents; bare baseline {r['n_bare']:,} noop tasks)",
         "",
@@ -154,13 +199,21 @@ def report(r: dict[str, Any]) -> str:
         "| --- | ---: | ---: |",
         f"| bare Celery, one noop task per message, drain (prefork -c2) | {r['bare_drain']:,.0f} | 1.0x |",
         f"| ours, end to end: `enqueue_many` -> bulk consumer -> searchable (target >= 10,000) "
-        f"| {r['end_to_end']:,.0f} | {r['end_to_end'] / r['bare_drain']:.1f}x |",
+        f"| {r['end_to_end']:,.0f} | {ratio:.1f}x |",
+        f"| the same with timestamps out of order (every batch lands all over the table) "
+        f"| {r['unordered']:,.0f} | {r['unordered'] / r['bare_drain']:.1f}x |",
         f"| `enqueue_many` from one producer (target >= 10,000) | {r['enqueue_many']:,.0f} | |",
         "",
-        "Profile of the bulk consumer's write (cProfile, in-process, sorted by own time):",
+        "Producer, `enqueue_many` (cProfile, in-process, by cumulative time):",
         "",
         "```",
-        r["profile"],
+        r["profiles"]["producer"],
+        "```",
+        "",
+        "Bulk consumer, unpack + write + statuses (cProfile, in-process, by own time):",
+        "",
+        "```",
+        r["profiles"]["consumer"],
         "```",
     ])  # fmt: skip
 
