@@ -11,11 +11,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
+from tests.support.fleet import StartWorker, reset_process_clients, run_fleet, worker_starter
 from tests.support.servers import RedisServer
+from tests.support.workers import WorkerProcess
+
+if TYPE_CHECKING:
+    from services.message_queue import MessageQueue
 
 _state: dict[str, object] = {}
 
@@ -81,16 +87,28 @@ def _fresh_settings_and_clients() -> Iterator[None]:
     """After each test, settings are read again from the (restored) environment and every per-process
     client is dropped, so a test that pointed them elsewhere cannot leak that into the next one."""
     yield
-    from config import reload_settings
-    from services.cache import reset_cache
-    from services.embeddings import reset_embedder
-    from services.message_queue import reset_message_queue
-    from services.redis_client import reset_redis
-    from services.search import reset_search_service
-    from services.storage import reset_storage_service
-    from services.vectors import reset_vector_service
+    reset_process_clients()
 
-    reload_settings()
-    for reset in (reset_message_queue, reset_cache, reset_search_service, reset_storage_service,
-                  reset_vector_service, reset_embedder, reset_redis):  # fmt: skip
-        reset()
+
+@pytest.fixture
+def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
+    """The process's producer, built afresh on an emptied Redis."""
+    from services.message_queue import get_message_queue
+
+    reset_process_clients()
+    yield get_message_queue()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, mq: MessageQueue) -> Iterator[StartWorker]:
+    """Start real ``celery worker`` subprocesses: ``start(queues, wait=True, **options)``; all are stopped
+    after the test."""
+    start, stop_all = worker_starter(tmp_path / "workers", mq.app)
+    yield start
+    stop_all()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mq: MessageQueue) -> Iterator[list[WorkerProcess]]:
+    """Real workers: one per queue group, as a deployment runs them."""
+    yield from run_fleet(tmp_path / "workers", mq.app)

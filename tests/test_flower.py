@@ -11,13 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
 from config import get_settings
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
-from services.redis_client import reset_redis
+from services.message_queue import MessageQueue
 from tests.support.servers import ManagedProcess, free_port, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess
 
@@ -55,14 +53,6 @@ class FlowerProcess(ManagedProcess):
             return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
 
         wait_until(healthy, timeout=60, interval=0.2, what="Flower to answer /healthcheck")
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    reset_message_queue()
-    reset_redis()
-    yield get_message_queue()
-    reset_message_queue()
 
 
 @pytest.fixture

@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from services.logging import JsonFormatter, clear_task_context, execution_id_of, redact, set_task_context
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
-from services.redis_client import reset_redis
-from services.search import reset_search_service
-from services.vectors import reset_vector_service
+from services.message_queue import MessageQueue
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 from workflows.pipelines import Pipelines
@@ -85,16 +80,6 @@ def test_execution_id_is_found_in_every_payload_shape() -> None:
     assert execution_id_of({"record": {"kwargs": {"payload": {"execution_id": "e5"}}}}) == "e5"
     assert execution_id_of({"payload": {"action": "probe"}}) is None
     assert execution_id_of(None) is None
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    reset_message_queue()
-    reset_redis()
-    reset_search_service()
-    reset_vector_service()
-    yield get_message_queue()
-    reset_message_queue()
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
 from services import metrics
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
+from services.message_queue import MessageQueue
 from services.redis_client import reset_redis
 from tests.support.servers import ManagedProcess, free_port, port_open, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess
@@ -34,14 +34,6 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    reset_message_queue()
-    reset_redis()
-    yield get_message_queue()
-    reset_message_queue()
 
 
 @pytest.fixture

@@ -7,27 +7,20 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import uvicorn
 from fastapi import FastAPI
 
 import tests.support.tasks  # noqa: F401 - registers the probe action for the API's producer
 from api.app import create_app
 from config import reload_settings
-from config.queues import QUEUES
-from services.cache import reset_cache
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
-from services.redis_client import reset_redis
-from services.search import reset_search_service
+from services.message_queue import MessageQueue
 from services.storage import reset_storage_service
-from services.vectors import reset_vector_service
+from tests.support.fleet import reset_process_clients
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, NanioServer, nanio_server
 from tests.support.servers import free_port, wait_until
-from tests.support.workers import WorkerProcess
 
 ADMIN_KEY = "test-admin-key"  # from TEST_ENV in tests/conftest.py
 READ_KEY = "test-read-key"
@@ -50,15 +43,6 @@ class ApiServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def _reset_services() -> None:
-    reset_message_queue()
-    reset_redis()
-    reset_cache()
-    reset_storage_service()
-    reset_search_service()
-    reset_vector_service()
-
-
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[ApiServer]:
     port = free_port()
@@ -66,8 +50,7 @@ def api_server() -> Iterator[ApiServer]:
     overrides = {"STORAGE_PUBLIC_URL": url, "API_KEYS": API_KEYS, "API_MAX_BODY_BYTES": str(MAX_BODY_BYTES)}
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
-    reload_settings()
-    _reset_services()
+    reset_process_clients()
     app = create_app()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", ws="none", access_log=False
@@ -86,15 +69,7 @@ def api_server() -> Iterator[ApiServer]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        reload_settings()
-        _reset_services()
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    _reset_services()
-    yield get_message_queue()
-    _reset_services()
+        reset_process_clients()
 
 
 @pytest.fixture
@@ -102,25 +77,6 @@ def api(api_server: ApiServer, mq: MessageQueue) -> Iterator[httpx.Client]:
     """An admin client of the running API, with Redis emptied and the services rebuilt for this test."""
     with api_server.client() as client:
         yield client
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, mq: MessageQueue) -> Iterator[list[WorkerProcess]]:
-    """Real workers: one per queue group, as a deployment runs them."""
-    groups = [["workflow_execution"], ["indexing_tasks", "vector_tasks", "analytics_tasks", "dead_letter"]]
-    assert {q for g in groups for q in g} == set(QUEUES)
-    workers = [
-        WorkerProcess(tmp_path / "workers", g, concurrency=2, name=f"api{i}") for i, g in enumerate(groups)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.wait_ready(mq.app, timeout=60)
-        yield workers
-    finally:
-        for worker in workers:
-            worker.stop()
 
 
 @pytest.fixture

@@ -1,45 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
-from services.redis_client import reset_redis
+from services.message_queue import MessageQueue
 from tests.support.servers import wait_until
 from tests.support.tasks import runs_key
-from tests.support.workers import WorkerProcess
-
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    reset_message_queue()
-    reset_redis()
-    yield get_message_queue()
-    reset_message_queue()
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path, mq: MessageQueue) -> Iterator[StartWorker]:
-    started: list[WorkerProcess] = []
-
-    def start(queues: list[str], wait: bool = True, **kwargs: Any) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path / "workers", queues, **kwargs)
-        worker.start()
-        started.append(worker)
-        if wait:
-            worker.wait_ready(mq.app)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def runs(client: redis.Redis, tag: str) -> list[dict[str, str]]:

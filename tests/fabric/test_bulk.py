@@ -18,7 +18,8 @@ from services.errors import InvalidInput
 from services.item_status import item_id, item_states
 from services.message_queue import MessageQueue
 from services.search.sqlite import SqliteSearchService
-from tests.fabric.conftest import StartWorker, wait_for_state
+from tests.fabric.conftest import wait_for_state
+from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until
 
 

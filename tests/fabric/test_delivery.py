@@ -8,7 +8,8 @@ import redis
 
 from config.queues import WORK_QUEUES
 from services.message_queue import MessageQueue
-from tests.fabric.conftest import StartWorker, runs, wait_for_state
+from tests.fabric.conftest import runs, wait_for_state
+from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until
 
 

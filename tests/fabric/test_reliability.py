@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from services.message_queue import MessageQueue, make_producer_app
-from tests.fabric.conftest import StartWorker, runs, wait_for_state
+from tests.fabric.conftest import runs, wait_for_state
+from tests.support.fleet import StartWorker
 from tests.support.servers import RedisServer, wait_until
 from tests.support.tasks import effects_key
 

@@ -20,8 +20,7 @@ import redis
 from config import reload_settings
 from services import metrics
 from services.health import HealthService
-from services.message_queue import MessageQueue, get_message_queue, reset_message_queue
-from services.redis_client import reset_redis
+from services.message_queue import MessageQueue
 from services.resilience import KEY_PREFIX, CircuitOpen, reset_breakers
 from services.search import reset_search_service
 from services.search.elasticsearch import ElasticsearchSearchService
@@ -39,15 +38,6 @@ def backend(tmp_path: Path) -> Iterator[OsmemBehindProxy]:
     if server.server.proc is not None:
         os.kill(server.server.proc.pid, signal.SIGCONT)  # never leave it frozen for stop()
     server.stop()
-
-
-@pytest.fixture
-def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
-    reset_message_queue()
-    reset_redis()
-    reset_breakers()
-    yield get_message_queue()
-    reset_message_queue()
 
 
 def workflow(i: int, tag: str) -> dict[str, object]:

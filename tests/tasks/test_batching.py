@@ -15,8 +15,8 @@ from services.message_queue import MessageQueue
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.batching import BatchWriter, batch_stats, reset_batch_stats, set_process_slots
+from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until
-from tests.tasks.conftest import StartWorker
 
 THREADS = ["-P", "threads"]
 

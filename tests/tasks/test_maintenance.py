@@ -15,9 +15,9 @@ from services.message_queue import MessageQueue
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.maintenance import EXPIRE_TASK, RECONCILE_TASK
+from tests.support.fleet import StartWorker
 from tests.support.servers import ManagedProcess, wait_until
 from tests.support.workers import REPO_ROOT
-from tests.tasks.conftest import StartWorker
 from workflows.model import ExecutionRecord, ExecutionStatus
 from workflows.pipelines import VECTOR_COLLECTION, workflow_document
 from workflows.repository import WorkflowRepository

@@ -1,0 +1,75 @@
+"""What tests that run real workers share: fresh per-process clients, the producer, workers to start.
+
+Imports of project code happen inside the functions: ``tests/conftest.py`` imports this module before the
+session's Redis is started and the settings point at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tests.support.workers import WorkerProcess
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+StartWorker = Callable[..., WorkerProcess]
+
+#: One worker per queue group, as a deployment runs them.
+QUEUE_GROUPS = [["workflow_execution"], ["indexing_tasks", "vector_tasks", "analytics_tasks", "dead_letter"]]
+
+
+def reset_process_clients() -> None:
+    """Read the settings again and drop every per-process client and breaker built from the old ones."""
+    from config import reload_settings
+    from services.cache import reset_cache
+    from services.embeddings import reset_embedder
+    from services.message_queue import reset_message_queue
+    from services.redis_client import reset_redis
+    from services.resilience import reset_breakers
+    from services.search import reset_search_service
+    from services.storage import reset_storage_service
+    from services.vectors import reset_vector_service
+
+    reload_settings()
+    for reset in (reset_message_queue, reset_cache, reset_search_service, reset_storage_service,
+                  reset_vector_service, reset_embedder, reset_breakers, reset_redis):  # fmt: skip
+        reset()
+
+
+def worker_starter(workdir: Path, app: Celery) -> tuple[StartWorker, Callable[[], None]]:
+    """``start(queues, wait=True, **WorkerProcess options)`` and ``stop_all()`` for the workers it started."""
+    started: list[WorkerProcess] = []
+
+    def start(queues: list[str], wait: bool = True, **kwargs: Any) -> WorkerProcess:
+        worker = WorkerProcess(workdir, queues, **kwargs)
+        worker.start()
+        started.append(worker)
+        if wait:
+            worker.wait_ready(app, timeout=60)
+        return worker
+
+    def stop_all() -> None:
+        for worker in started:
+            worker.stop()
+
+    return start, stop_all
+
+
+def run_fleet(workdir: Path, app: Celery) -> Iterator[list[WorkerProcess]]:
+    """A fixture body: one two-process worker per queue group, ready, stopped afterwards."""
+    from config.queues import QUEUES
+
+    assert {queue for group in QUEUE_GROUPS for queue in group} == set(QUEUES), "a queue nobody consumes"
+    start, stop_all = worker_starter(workdir, app)
+    try:
+        workers = [
+            start(group, wait=False, concurrency=2, name=f"fleet{i}") for i, group in enumerate(QUEUE_GROUPS)
+        ]
+        for worker in workers:
+            worker.wait_ready(app, timeout=60)
+        yield workers
+    finally:
+        stop_all()
