@@ -150,16 +150,22 @@ class MessageQueue:
         if ttl_seconds is not None:
             ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
         countdown = delay or None
+        bulk = all(action.bulk for action, _ in validated)
         try:
             with self.app.producer_or_acquire() as producer:
-                if all(action.bulk for action, _ in validated):
+                if bulk:
                     return self._send_envelopes(producer, queue, validated, pri, countdown, ttl)
                 return self._send_each(producer, validated, pri, countdown, ttl)
         except OperationalError as exc:
+            after = (
+                "; envelopes sent before the failure stay queued, and sending the call again is safe "
+                "(every bulk write is an upsert)"
+                if bulk
+                else ""
+            )
             raise BackendUnavailable(
                 f"could not send {len(validated)} messages to '{queue.value}': broker at "
-                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc}); envelopes sent "
-                f"before the failure stay queued, and sending the call again is safe (writes are upserts)"
+                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc}){after}"
             ) from exc
 
     def _send_envelopes(

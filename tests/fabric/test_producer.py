@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 import redis
@@ -128,3 +129,31 @@ def test_health_check_unhealthy_when_broker_is_down(tmp_path) -> None:
 def test_queue_stats_unknown_queue(mq: MessageQueue) -> None:
     with pytest.raises(InvalidInput, match="unknown queue"):
         mq.queue_stats("nope")
+
+
+@pytest.mark.parametrize(
+    ("queue", "payloads", "safe_to_resend"),
+    [
+        ("indexing_tasks", [{"action": "index_log", "entry": {"timestamp": "2024-05-01T12:00:00Z",
+                                                            "level": "INFO", "message": "m"}}], True),
+        ("workflow_execution", [GOOD["workflow_execution"]], False),
+    ],
+)  # fmt: skip
+def test_enqueue_many_to_a_dead_broker_names_it_and_says_what_was_sent(
+    queue: str, payloads: list[dict[str, object]], safe_to_resend: bool
+) -> None:
+    from config.settings import Settings
+    from services.errors import BackendUnavailable
+    from tests.support.servers import free_port
+
+    port = free_port()
+    mq = MessageQueue(settings=Settings(redis_url=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    try:
+        with pytest.raises(
+            BackendUnavailable, match=re.escape(f"broker at redis://:***@127.0.0.1:{port}/0 is unreachable")
+        ) as err:
+            mq.enqueue_many(queue, payloads)
+    finally:
+        mq.close()
+    assert "s3cret" not in str(err.value)
+    assert ("sending the call again is safe" in str(err.value)) is safe_to_resend
