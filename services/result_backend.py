@@ -55,15 +55,6 @@ class ProducerRedisBackend(RedisResultBackend):
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
-    def add_pending_result(self, result: Any, weak: bool = False, start_drainer: bool = True) -> Any:
-        # A canvas (a workflow execution's chain into a group) builds result objects as it is sent, and
-        # each would subscribe here too: a round trip per message, and with the broker down a reconnect
-        # loop ending in RuntimeError instead of the send failing with the broker's error.
-        return result
-
-    def add_pending_results(self, results: Any, weak: bool = False) -> Any:
-        return list(results)
-
     def on_result_fulfilled(self, result: Any) -> None:
         # Nothing was subscribed, so there is nothing to unsubscribe (Celery would open a pub/sub
         # connection just to do it when an AsyncResult is garbage-collected).
