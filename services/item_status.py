@@ -28,7 +28,7 @@ def item_id(envelope_id: str, position: int) -> str:
 def split_item_id(message_id: str) -> tuple[str, int] | None:
     """``(envelope_id, position)`` for an id made by :func:`item_id`, else None."""
     envelope, sep, position = message_id.rpartition(_SEP)
-    if not sep or not envelope or not position.isdigit():
+    if not sep or not envelope or not (position.isascii() and position.isdigit()):  # not "²", "٣"
         return None
     return envelope, int(position)
 

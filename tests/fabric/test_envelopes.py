@@ -60,7 +60,7 @@ def test_envelope_items_of_the_wrong_shape_are_refused(items: object) -> None:
 def test_message_ids_name_their_envelope_and_position() -> None:
     assert item_id("0b7c-e1", 7) == "0b7c-e1.7"
     assert split_item_id("0b7c-e1.7") == ("0b7c-e1", 7)
-    for plain in ("0b7c-e1", "ok-1", "a.b", ".3", "x.-1"):
+    for plain in ("0b7c-e1", "ok-1", "a.b", ".3", "x.-1", "x.²", "x.٣"):
         assert split_item_id(plain) is None
 
 
