@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.fleet import reset_process_clients
 from tests.support.servers import RedisServer
 
 
@@ -25,17 +26,7 @@ class Sandbox:
 
 def reset_process_state() -> None:
     """Read the settings again and drop every per-process client built from the old ones."""
-    from config import reload_settings
-    from services.message_queue import reset_message_queue
-    from services.redis_client import reset_redis
-    from services.search import reset_search_service
-    from services.storage import reset_storage_service
-    from services.vectors import reset_vector_service
-
-    reload_settings()
-    for reset in (reset_message_queue, reset_redis, reset_search_service, reset_storage_service,
-                  reset_vector_service):  # fmt: skip
-        reset()
+    reset_process_clients()
 
 
 @contextmanager

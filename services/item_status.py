@@ -92,24 +92,20 @@ def item_states(client: redis.Redis, message_ids: list[str]) -> list[str]:
 
 
 def _lookup(client: redis.Redis, message_ids: list[str]) -> list[dict[str, Any] | None]:
-    found: dict[str, dict[str, Any] | None] = {}
-    envelopes: dict[str, dict[str, Any] | None] = {}
-    for message_id in message_ids:
-        parsed = split_item_id(message_id)
-        if parsed is not None:
-            envelopes[parsed[0]] = None
-        else:
-            found[message_id] = None
+    parsed = [split_item_id(message_id) for message_id in message_ids]
+    envelopes: dict[str, dict[str, Any] | None] = {p[0]: None for p in parsed if p is not None}
+    found: dict[str, dict[str, Any] | None] = {
+        m: None for m, p in zip(message_ids, parsed, strict=True) if p is None
+    }
     _fetch(client, envelopes, envelope_key)
     _fetch(client, found, item_key)
     statuses: list[dict[str, Any] | None] = []
     strays: dict[str, dict[str, Any] | None] = {}
-    for message_id in message_ids:
-        parsed = split_item_id(message_id)
-        if parsed is None:
+    for message_id, in_envelope in zip(message_ids, parsed, strict=True):
+        if in_envelope is None:
             statuses.append(found[message_id])
             continue
-        envelope_id, position = parsed
+        envelope_id, position = in_envelope
         record = envelopes[envelope_id]
         if record is None or position >= int(record["count"]):
             statuses.append(None)

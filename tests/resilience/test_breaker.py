@@ -24,7 +24,7 @@ from services.resilience import (
     get_breaker,
     guarded,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, run_in_spawned_interpreter
 
 
 class Backend:
@@ -181,12 +181,7 @@ def _shared_state_scenario(name: str) -> None:
 
 
 def test_state_is_shared_across_processes(name: str) -> None:
-    # Run from a freshly spawned interpreter, which forks the children: a child forked straight from the
-    # test session can inherit a lock held by a thread other tests left behind (see tests/conftest.py).
-    runner = multiprocessing.get_context("spawn").Process(target=_shared_state_scenario, args=(name,))
-    runner.start()
-    runner.join(120)
-    assert runner.exitcode == 0, f"the scenario failed (exit code {runner.exitcode}); its output is above"
+    run_in_spawned_interpreter(_shared_state_scenario, name)
 
 
 def test_async_callables_are_awaited_not_tripped(name: str) -> None:

@@ -20,6 +20,7 @@ from config import reload_settings
 from services.errors import BackendUnavailable
 from services.search import get_search_service, reset_search_service
 from services.search.sqlite import SqliteSearchService, fts_query
+from tests.support.servers import run_in_spawned_interpreter
 
 WRITERS = 4
 ENTRIES_PER_WRITER = 5_000
@@ -105,21 +106,8 @@ def _forked_child_scenario(path: str) -> None:
     service.close()
 
 
-def _in_clean_process(scenario: object, *args: object) -> None:
-    """Run ``scenario`` in a freshly spawned interpreter, which then forks as the scenario says.
-
-    The test session's own process has threads left by other tests (servers, proxies); a child forked from
-    it can inherit a lock one of them held (see tests/conftest.py). A clean parent keeps the fork behaviour
-    under test, and only that.
-    """
-    runner = multiprocessing.get_context("spawn").Process(target=scenario, args=args)  # type: ignore[arg-type]
-    runner.start()
-    runner.join(120)
-    assert runner.exitcode == 0, f"the scenario failed (exit code {runner.exitcode}); its output is above"
-
-
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
-    _in_clean_process(_forked_child_scenario, str(tmp_path / "search.db"))
+    run_in_spawned_interpreter(_forked_child_scenario, str(tmp_path / "search.db"))
 
 
 def test_database_is_wal_with_payloads_outside_full_text(tmp_path: Path) -> None:
@@ -305,4 +293,4 @@ def _held_lock_scenario(path: str) -> None:
 
 
 def test_a_child_forked_while_a_thread_holds_the_lock_does_not_deadlock(tmp_path: Path) -> None:
-    _in_clean_process(_held_lock_scenario, str(tmp_path / "search.db"))
+    run_in_spawned_interpreter(_held_lock_scenario, str(tmp_path / "search.db"))

@@ -6,6 +6,7 @@ In CI a server binary that is missing fails the run (``ServerUnavailable``); it 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -152,3 +153,16 @@ class RedisServer(ManagedProcess):
             yield self
         finally:
             self.stop()
+
+
+def run_in_spawned_interpreter(scenario: Callable[..., None], *args: object, timeout: float = 120) -> None:
+    """Run ``scenario(*args)`` in a freshly spawned interpreter, which then forks as the scenario says.
+
+    The test session's own process has threads left by other tests (servers, proxies); a child forked from
+    it can inherit a lock one of them held. A clean parent keeps the fork behaviour under test, and only
+    that. Fails the test if the scenario does not finish with exit code 0.
+    """
+    runner = multiprocessing.get_context("spawn").Process(target=scenario, args=args)
+    runner.start()
+    runner.join(timeout)
+    assert runner.exitcode == 0, f"the scenario failed (exit code {runner.exitcode}); its output is above"
