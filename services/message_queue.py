@@ -18,7 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from celery import Celery, group
+from celery import Celery, group, signals
 from kombu.exceptions import OperationalError
 
 import celeryconfig
@@ -36,6 +36,19 @@ from services.result_backend import ProducerRedisBackend, backend_url
 #: States :meth:`MessageQueue.get_status` reports beyond Celery's own.
 EXPIRED = "EXPIRED"
 DEAD_LETTERED = "DEAD_LETTERED"
+
+
+@signals.before_task_publish.connect
+def _expiry_is_checked_by_the_worker(properties: dict[str, Any] | None = None, **_: Any) -> None:
+    """``ttl_seconds`` is enforced by the worker, from the message's ``expires`` header, on every broker.
+
+    Celery also turns ``expires`` into an AMQP per-message TTL (``expiration``), with which RabbitMQ drops
+    an expired message unseen: its status would stay PENDING instead of EXPIRED, and it would be gone
+    without a trace. Without it, RabbitMQ behaves as Redis does: the worker that receives an expired
+    message records it as expired and never runs it.
+    """
+    if properties is not None:
+        properties.pop("expiration", None)
 
 
 def make_producer_app(settings: Settings | None = None) -> Celery:

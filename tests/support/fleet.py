@@ -58,9 +58,7 @@ def worker_starter(workdir: Path, app: Celery) -> tuple[StartWorker, Callable[[]
     return start, stop_all
 
 
-def run_fleet(
-    workdir: Path, app: Celery, env: dict[str, str] | None = None
-) -> Iterator[list[WorkerProcess]]:
+def run_fleet(workdir: Path, app: Celery, env: dict[str, str] | None = None) -> Iterator[list[WorkerProcess]]:
     """A fixture body: one two-process worker per queue group (``env`` added to their environment), ready,
     stopped afterwards."""
     from config.queues import QUEUES
