@@ -38,7 +38,6 @@ EXPIRED = "EXPIRED"
 DEAD_LETTERED = "DEAD_LETTERED"
 
 
-@signals.before_task_publish.connect
 def _expiry_is_checked_by_the_worker(properties: dict[str, Any] | None = None, **_: Any) -> None:
     """``ttl_seconds`` is enforced by the worker, from the message's ``expires`` header, on every broker.
 
@@ -49,6 +48,9 @@ def _expiry_is_checked_by_the_worker(properties: dict[str, Any] | None = None, *
     """
     if properties is not None:
         properties.pop("expiration", None)
+
+
+signals.before_task_publish.connect(_expiry_is_checked_by_the_worker, weak=False)
 
 
 def make_producer_app(settings: Settings | None = None) -> Celery:
