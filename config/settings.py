@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds between a worker's sweeps for messages whose visibility timeout ran out.",
     )
+    worker_lost_after: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        description="Seconds within which the messages a dead worker held are back on their queues (Redis).",
+    )
     worker_concurrency: int | None = Field(None, ge=1, description="Worker processes; default: CPU count.")
     bulk_envelope_size: int = Field(
         500, ge=1, le=10_000, description="Logical messages enqueue_many packs into one broker message."

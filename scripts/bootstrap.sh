@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root), then .venv with the project installed. Re-running it is cheap: it reinstalls only when
-# pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
+# not root; for dev also rabbitmq-server), then .venv with the project installed. Re-running it is cheap:
+# it reinstalls only when pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
@@ -14,6 +14,10 @@ fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+if [ "$profile" = dev ]; then
+  # The reliability suite runs on RabbitMQ as well as Redis, on a private node it starts itself.
+  command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"

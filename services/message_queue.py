@@ -18,7 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from celery import Celery, chain, group
+from celery import Celery, group, signals
 from kombu.exceptions import OperationalError
 
 import celeryconfig
@@ -29,13 +29,28 @@ from services.dead_letters import DeadLetter, DeadLetterStore
 from services.envelopes import pack_items
 from services.errors import BackendUnavailable, InvalidInput, NotFound
 from services.item_status import item_id, item_status, split_item_id
-from services.messages import Action, ExecuteWorkflow, JsonObject, known_actions, resolve_queue, validate
+from services.messages import EXECUTE, Action, ExecuteWorkflow, JsonObject, resolve_queue, validate
 from services.redis_client import get_redis
 from services.result_backend import ProducerRedisBackend, backend_url
 
 #: States :meth:`MessageQueue.get_status` reports beyond Celery's own.
 EXPIRED = "EXPIRED"
 DEAD_LETTERED = "DEAD_LETTERED"
+
+
+def _expiry_is_checked_by_the_worker(properties: dict[str, Any] | None = None, **_: Any) -> None:
+    """``ttl_seconds`` is enforced by the worker, from the message's ``expires`` header, on every broker.
+
+    Celery also turns ``expires`` into an AMQP per-message TTL (``expiration``), with which RabbitMQ drops
+    an expired message unseen: its status would stay PENDING instead of EXPIRED, and it would be gone
+    without a trace. Without it, RabbitMQ behaves as Redis does: the worker that receives an expired
+    message records it as expired and never runs it.
+    """
+    if properties is not None:
+        properties.pop("expiration", None)
+
+
+signals.before_task_publish.connect(_expiry_is_checked_by_the_worker, weak=False)
 
 
 def make_producer_app(settings: Settings | None = None) -> Celery:
@@ -112,10 +127,7 @@ class MessageQueue:
         if action.model is ExecuteWorkflow and "execution_id" not in body:
             # The execution keeps its identity across redeliveries and dead-letter replays.
             body["execution_id"] = message_id
-        self._send(
-            action.task, body, action.queue, pri, message_id, countdown=delay or None, expires=ttl,
-            follow_up=action.follow_up,
-        )  # fmt: skip
+        self._send(action.task, body, action.queue, pri, message_id, countdown=delay or None, expires=ttl)
         return message_id
 
     def enqueue_many(
@@ -203,12 +215,7 @@ class MessageQueue:
                 if action.model is ExecuteWorkflow and "execution_id" not in body:
                     body["execution_id"] = message_id
                 options = self._options(action.queue, priority, message_id, countdown, expires)
-                if action.follow_up:
-                    first = self.app.signature(action.task, kwargs={"payload": body}, **options)
-                    then = group(self.app.signature(name) for name in action.follow_up)
-                    chain(first, then).apply_async(producer=producer)
-                else:
-                    self.app.send_task(action.task, kwargs={"payload": body}, producer=producer, **options)
+                self.app.send_task(action.task, kwargs={"payload": body}, producer=producer, **options)
         return ids
 
     def enqueue_group(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
@@ -256,20 +263,15 @@ class MessageQueue:
         message_id: str,
         countdown: float | None = None,
         expires: float | None = None,
-        follow_up: tuple[str, ...] = (),
         kwargs: JsonObject | None = None,
     ) -> None:
-        """Send ``task`` with ``{"payload": body}`` (or with ``kwargs`` exactly, when given)."""
+        """Send ``task`` with ``{"payload": body}`` (or with ``kwargs`` exactly, when given), by task name:
+        the producer needs none of the worker code, and what follows (an execution's pipeline) is attached
+        by the worker that runs it."""
         options = self._options(queue, priority, message_id, countdown, expires)
         kwargs = {"payload": body} if kwargs is None else kwargs
         try:
-            if follow_up:
-                # A canvas by task names only: the producer needs none of the worker code.
-                first = self.app.signature(task, kwargs=kwargs, **options)
-                then = group(self.app.signature(name) for name in follow_up)
-                chain(first, then).apply_async()
-            else:
-                self.app.send_task(task, kwargs=kwargs, **options)
+            self.app.send_task(task, kwargs=kwargs, **options)
         except OperationalError as exc:
             raise BackendUnavailable(
                 f"could not send to queue '{queue.value}': broker at "
@@ -401,14 +403,13 @@ class MessageQueue:
         new_id = str(uuid.uuid4())
         kwargs = cast("JsonObject", record.get("kwargs") or {})
         payload = cast("JsonObject", kwargs.get("payload", {}))
-        follow_up = next((a.follow_up for a in known_actions() if a.task == record["task"]), ())
+        if record["task"] == EXECUTE.task and isinstance(payload, dict) and "execution_id" not in payload:
+            # The execution keeps its id (its first message's) through a replay, whoever sent it first.
+            payload = {**payload, "execution_id": record["id"]}
         # A whole envelope (dead-lettered as one: poison, retries exhausted) goes back as it came; its
         # messages are then "<new id>.i".
         envelope = kwargs if record["task"] == f"{queue.value}.bulk" else None
-        self._send(
-            record["task"], payload, queue, int(record.get("priority", 0)), new_id, follow_up=follow_up,
-            kwargs=envelope,
-        )  # fmt: skip
+        self._send(record["task"], payload, queue, int(record.get("priority", 0)), new_id, kwargs=envelope)
         self.dead_letters.remove(message_id)
         return new_id
 

@@ -113,8 +113,6 @@ class Action:
     name: str
     model: type[Payload]
     task: str
-    #: Tasks run together (a Celery group) after this one succeeds, each given its result: a canvas chain.
-    follow_up: tuple[str, ...] = ()
     #: The ``<queue>.bulk`` consumer can write this action, so ``enqueue_many`` may pack it in envelopes.
     bulk: bool = False
 
@@ -128,27 +126,21 @@ def register_action(
     name: str,
     model: type[Payload],
     task: str | None = None,
-    follow_up: tuple[str, ...] = (),
     bulk: bool = False,
 ) -> Action:
     """Declare that ``queue`` takes ``action=name`` payloads shaped like ``model``, run by ``task``.
 
     The task name defaults to ``<queue>.<name>``, which the routes in ``celeryconfig`` send to ``queue``.
-    ``follow_up`` names tasks that run as a group on the result once the task succeeds.
     """
     q = Queue(queue)
-    action = Action(q, name, model, task or f"{q.value}.{name}", follow_up, bulk)
+    action = Action(q, name, model, task or f"{q.value}.{name}", bulk)
     _ACTIONS[(q, name)] = action
     return action
 
 
-#: What follows an execution: ``chain(execute, group(index_execution, index_logs, update_workflow_stats))``.
-EXECUTION_FOLLOW_UP = (
-    "indexing_tasks.index_execution",
-    "indexing_tasks.index_logs",
-    "analytics_tasks.update_workflow_stats",
-)
-register_action(Queue.WORKFLOW_EXECUTION, "execute", ExecuteWorkflow, follow_up=EXECUTION_FOLLOW_UP)
+# What follows an execution (index it, index its logs, count it) is attached by the worker that runs it
+# (tasks.execution), so every producer gets the whole pipeline, whatever it sends.
+EXECUTE = register_action(Queue.WORKFLOW_EXECUTION, "execute", ExecuteWorkflow)
 for _queue, _name, _model in (
     (Queue.INDEXING, "index_workflow", IndexWorkflow),
     (Queue.INDEXING, "index_execution", IndexExecution),

@@ -1,9 +1,23 @@
-"""``workflow_execution``: execute a registered workflow, idempotent by execution id."""
+"""``workflow_execution``: execute a registered workflow, idempotent by execution id, and attach its
+pipeline.
+
+What follows an execution is composed here, on the worker, as a Celery canvas:
+``chain(execute, group(index_execution, index_logs, update_workflow_stats))``. The producer sends a plain
+``workflow_execution.execute`` message; the task, once the execution is recorded, adds the group to its
+own chain (``request.chain``), and Celery sends the group with the execution record as its argument.
+So every producer gets the whole pipeline: ``enqueue``, ``enqueue_many``, the HTTP API, a dead-letter
+replay, a plain Celery ``send_task`` from a codebase that has none of ours, a Celery client in another
+language. A message whose chain holds the follow-ups already (sent by an older producer that composed the
+canvas itself) does not get them twice. Each follow-up is idempotent (upserts by id, counted once per
+execution id), so a redelivered execution that sends them again changes nothing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from celery import group
 from celery.utils.log import get_task_logger
 
 from services.messages import ExecuteWorkflow
@@ -14,6 +28,13 @@ from workflows.pipelines import cancel_key
 from workflows.service import run_execution
 
 logger = get_task_logger(__name__)
+
+#: What follows an execution, run together on its record: index it, index its logs, count it.
+EXECUTION_FOLLOW_UP = (
+    "indexing_tasks.index_execution",
+    "indexing_tasks.index_logs",
+    "analytics_tasks.update_workflow_stats",
+)
 
 
 @app.task(name="workflow_execution.execute", bind=True)
@@ -36,4 +57,26 @@ def execute(self: BaseTask, payload: dict[str, Any]) -> dict[str, Any]:
         "execution %s of %s %s%s", execution_id, message.workflow_id, record.status.value,
         "" if ran else " (already finished: returned the recorded result)",
     )  # fmt: skip
+    attach_follow_up(self)
     return record.model_dump(mode="json")
+
+
+def attach_follow_up(task: BaseTask) -> None:
+    """Add the follow-up group to the running task's chain, unless the chain holds it already."""
+    chain = task.request.chain or []
+    if any(name in EXECUTION_FOLLOW_UP for signature in chain for name in _task_names(signature)):
+        return
+    # The chain runs from its end: the group goes next, before anything the producer chained after.
+    task.request.chain = [*chain, group(task.app.signature(name) for name in EXECUTION_FOLLOW_UP)]
+
+
+def _task_names(signature: Any) -> Iterator[str]:
+    """Every task name in a signature (as a dict or a Signature), groups and chains included."""
+    if not isinstance(signature, Mapping):
+        return
+    name = signature.get("task")
+    if isinstance(name, str):
+        yield name
+    inner = (signature.get("kwargs") or {}).get("tasks") or []
+    for item in inner if isinstance(inner, list | tuple) else []:
+        yield from _task_names(item)

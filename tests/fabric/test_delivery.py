@@ -1,9 +1,10 @@
-"""Routing, delay, expiry and priority, through real ``celery worker`` processes and a real Redis."""
+"""Routing, delay, expiry and priority, through real ``celery worker`` processes, on Redis and on RabbitMQ."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from config.queues import WORK_QUEUES
@@ -15,6 +16,12 @@ from tests.support.servers import wait_until
 
 def probe(tag: str, **extra: object) -> dict[str, object]:
     return {"action": "probe", "tag": tag, **extra}
+
+
+@pytest.fixture
+def mq(broker: str, mq: MessageQueue) -> MessageQueue:
+    """Every test here runs on each broker (see tests/fabric/conftest.py)."""
+    return mq
 
 
 def test_each_queue_runs_only_on_a_worker_that_consumes_it(
@@ -80,6 +87,7 @@ def test_higher_priority_runs_first(
     assert set(order[10:]) == set(low)
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)  # reads kombu's Redis lists
 def test_guide_payload_priority_is_used_when_none_is_given(
     mq: MessageQueue, redis_client: redis.Redis
 ) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from services.errors import InvalidInput
 from services.message_queue import MessageQueue
 from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service
+from tests.support.fleet import StartWorker, run_fleet
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 from workflows.model import ExecutionStatus
@@ -164,6 +168,76 @@ def test_killed_worker_mid_execution_leaves_one_record_counted_once(
     assert record is not None and record.status is ExecutionStatus.COMPLETED
     assert [e.execution_id for e in repo.list_executions("slow-flow")] == [execution_id]
     assert get_workflow_stats("slow-flow")["runs"] == 1
+
+
+LOST_AFTER = 10
+STEP_SECONDS = 5
+
+
+@pytest.fixture
+def fast_recovering_fleet(tmp_path: Path, mq: MessageQueue) -> Iterator[list[WorkerProcess]]:
+    """The fleet with default settings but ``WORKER_LOST_AFTER``."""
+    yield from run_fleet(tmp_path / "fleet", mq.app, env={"WORKER_LOST_AFTER": str(LOST_AFTER)})
+
+
+def test_whole_worker_killed_mid_step_another_finishes_the_execution_within_worker_lost_after(
+    pipelines: Pipelines, mq: MessageQueue, fast_recovering_fleet: list[WorkerProcess],
+    start_worker: StartWorker,
+) -> None:  # fmt: skip
+    # kill -9 of a whole execution worker (main process and pool: a lost host) in the middle of a step.
+    standby = start_worker(["workflow_execution"], name="standby", env={"WORKER_LOST_AFTER": str(LOST_AFTER)})
+    workflow_id = f"slow-{uuid.uuid4().hex[:8]}"
+    pipelines.register_workflow(
+        {
+            "id": workflow_id,
+            "name": "Slow flow",
+            "definition": {
+                "nodes": [
+                    {"id": "in", "type": "input", "data": {}},
+                    {"id": "wait", "type": "process",
+                     "data": {"operation": "delay", "params": {"seconds": STEP_SECONDS}}},
+                    {"id": "out", "type": "output", "data": {}},
+                ],
+                "edges": [{"source": "in", "target": "wait"}, {"source": "wait", "target": "out"}],
+            },
+        }
+    )  # fmt: skip
+    execution_id = pipelines.request_execution(workflow_id, {"x": 1})
+    repo = WorkflowRepository()
+
+    def running() -> bool:
+        record = repo.get_execution(execution_id)
+        return record is not None and record.status is ExecutionStatus.RUNNING
+
+    wait_until(running, timeout=30, what="the execution to start")
+    holder = mq.app.backend.get_task_meta(execution_id)["worker"]
+    executor = fast_recovering_fleet[0]
+    doomed, survivor = (executor, standby) if holder == executor.nodename else (standby, executor)
+    assert holder == doomed.nodename
+    doomed.kill9()
+    killed_at = time.monotonic()
+
+    def completed() -> bool:
+        record = repo.get_execution(execution_id)
+        return record is not None and record.status is ExecutionStatus.COMPLETED
+
+    # Back on its queue within WORKER_LOST_AFTER, then the step runs again; a few seconds to spare.
+    wait_until(completed, timeout=LOST_AFTER + STEP_SECONDS + 10, interval=0.2,
+               what="another worker to finish the execution")  # fmt: skip
+    recovered_in = time.monotonic() - killed_at
+    assert mq.app.backend.get_task_meta(execution_id)["worker"] == survivor.nodename
+    search = get_search_service()
+    wait_until(lambda: get_workflow_stats(workflow_id)["runs"] == 1, timeout=60, what="the count")
+    wait_until(lambda: search.search_executions(workflow_id=workflow_id, limit=10), timeout=60,
+               what="the execution to be indexed")  # fmt: skip
+    wait_until(lambda: search.search_logs(execution_id=execution_id, limit=100), timeout=60,
+               what="its logs to be indexed")  # fmt: skip
+    assert [e["id"] for e in search.search_executions(workflow_id=workflow_id, limit=10)] == [execution_id]
+    assert [e.execution_id for e in repo.list_executions(workflow_id)] == [execution_id]
+    stats = get_workflow_stats(workflow_id)
+    assert stats["runs"] == 1
+    assert stats["by_status"]["completed"] == 1
+    print(f"execution finished on {survivor.nodename} {recovered_in:.1f} s after the kill")
 
 
 def test_cancelled_execution_stops_between_steps(pipelines: Pipelines, fleet: list[WorkerProcess]) -> None:

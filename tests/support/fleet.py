@@ -58,15 +58,17 @@ def worker_starter(workdir: Path, app: Celery) -> tuple[StartWorker, Callable[[]
     return start, stop_all
 
 
-def run_fleet(workdir: Path, app: Celery) -> Iterator[list[WorkerProcess]]:
-    """A fixture body: one two-process worker per queue group, ready, stopped afterwards."""
+def run_fleet(workdir: Path, app: Celery, env: dict[str, str] | None = None) -> Iterator[list[WorkerProcess]]:
+    """A fixture body: one two-process worker per queue group (``env`` added to their environment), ready,
+    stopped afterwards."""
     from config.queues import QUEUES
 
     assert {queue for group in QUEUE_GROUPS for queue in group} == set(QUEUES), "a queue nobody consumes"
     start, stop_all = worker_starter(workdir, app)
     try:
         workers = [
-            start(group, wait=False, concurrency=2, name=f"fleet{i}") for i, group in enumerate(QUEUE_GROUPS)
+            start(group, wait=False, concurrency=2, name=f"fleet{i}", env=env)
+            for i, group in enumerate(QUEUE_GROUPS)
         ]
         for worker in workers:
             worker.wait_ready(app, timeout=60)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -153,6 +154,81 @@ class RedisServer(ManagedProcess):
             yield self
         finally:
             self.stop()
+
+
+class RabbitMQServer(ManagedProcess):
+    """A private ``rabbitmq-server`` (Debian's package) on free ports, in its own directory.
+
+    Run as root, the package's wrapper drops to the ``rabbitmq`` user, so the directory is handed to it.
+    ``restart()`` stops the node the way an operator does (``rabbitmqctl stop``) and starts it again on the
+    same data: durable queues and persistent messages survive it.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("rabbitmq-server") or shutil.which("rabbitmq-server", path="/usr/sbin:/sbin")
+        if binary is None:
+            raise ServerUnavailable(
+                "rabbitmq-server is not installed: run `scripts/bootstrap.sh dev` (it installs it with apt)"
+            )
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.nodename = f"wft{self.port}@localhost"
+        self.ctl = str(Path(binary).with_name("rabbitmqctl"))
+        # Its own top directory: the node runs as the ``rabbitmq`` user, who cannot enter a root-only
+        # test directory. ``remove()`` deletes it.
+        base = Path(tempfile.mkdtemp(prefix="wft-rabbitmq-"))
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.nodename,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(base / "log"),
+            RABBITMQ_PID_FILE=str(base / "pid"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "plugins"),
+            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
+        )
+        self.base = base
+        super().__init__([binary], workdir, f"rabbitmq-{self.port}", env=env)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        for sub in ("mnesia", "log"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        (self.base / "plugins").write_text("[].\n")
+        # Unacknowledged messages wait for their countdown in the worker: RabbitMQ's default consumer
+        # timeout (30 min) would close the channel under a long one (see the README's reliability notes).
+        (self.base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nconsumer_timeout = 7200000\n"
+        )
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "rabbitmq", "rabbitmq")
+            for path in self.base.rglob("*"):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        super().start()
+        try:
+            wait_until(lambda: port_open(self.port), timeout=60, interval=0.2, what=f"RabbitMQ, {self.port}")
+        except TimeoutError as exc:
+            raise ServerUnavailable(f"rabbitmq-server did not start: {exc}\n{self.log_tail()}") from exc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop = [self.ctl, "-n", self.nodename, "stop"]
+            subprocess.run(stop, capture_output=True, timeout=60, check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        super().stop(sig, timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        """Delete the node's data (after ``stop``)."""
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def run_in_spawned_interpreter(scenario: Callable[..., None], *args: object, timeout: float = 120) -> None:

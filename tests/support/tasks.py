@@ -24,6 +24,10 @@ class Probe(Payload):
     sleep: float = 0
     #: While this Redis key exists, the task kills its own process (a poison message).
     kill_while: str | None = None
+    #: While this Redis key exists, the task kills its whole worker (main process and pool: a lost host).
+    kill_worker_while: str | None = None
+    #: While this Redis key exists, the task waits (a task that runs until the test lets it finish).
+    block_while: str | None = None
     fail: Literal["permanent", "transient"] | None = None
     value: Any = None
 
@@ -51,8 +55,12 @@ def probe(self: BaseTask, payload: dict[str, Any]) -> Any:
     )
     if msg.kill_while and client.exists(msg.kill_while):
         os.kill(os.getpid(), signal.SIGKILL)
+    if msg.kill_worker_while and client.exists(msg.kill_worker_while):
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # test workers run in a session of their own
     if msg.sleep:
         time.sleep(msg.sleep)
+    while msg.block_while and client.exists(msg.block_while):
+        time.sleep(0.02)
     if msg.fail == "permanent":
         raise InvalidInput(f"probe {msg.tag} fails permanently by design")
     if msg.fail == "transient":

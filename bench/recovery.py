@@ -1,0 +1,150 @@
+"""Lost-worker recovery: the time from kill -9 of a whole worker (main process and pool, as when a host, VM
+or container dies) in the middle of a task to that task finishing on another worker.
+
+    python -m bench.recovery            # five kills on each broker, default WORKER_LOST_AFTER (60 s)
+    python -m bench.recovery --smoke    # one kill on each broker, WORKER_LOST_AFTER=5
+
+On Redis the workers' leases bring a lost worker's messages back (tasks/leases.py); on RabbitMQ the broker
+requeues them when the dead worker's connection drops. Baseline, measured in the same run: Celery's own
+recovery on Redis, kombu's visibility timeout, for which the project's settings give
+``TASK_TIME_LIMIT + max(MAX_DELAY_SECONDS, RETRY_BACKOFF_MAX) + VISIBILITY_MARGIN`` (4,020 s) and Celery's
+default one hour; it is printed, not waited for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import sandbox
+from tests.support.servers import RabbitMQServer, wait_until
+from tests.support.workers import WorkerProcess
+
+QUEUE = "indexing_tasks"
+
+
+@dataclass
+class Recovery:
+    broker: str
+    worker_lost_after: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def worst(self) -> float:
+        return max(self.seconds)
+
+
+def _kills(broker: str, broker_url: str | None, workdir: Path, kills: int, lost_after: int) -> Recovery:
+    import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
+    from config.settings import Settings
+    from services.message_queue import MessageQueue
+    from services.redis_client import get_redis
+
+    env = {"WORKER_LOST_AFTER": str(lost_after), **({"BROKER_URL": broker_url} if broker_url else {})}
+    client = get_redis()
+    result = Recovery(broker, lost_after)
+
+    def worker(index: int) -> WorkerProcess:
+        process = WorkerProcess(workdir, [QUEUE], name=f"{broker}-{index}", env=env, loglevel="WARNING")
+        process.start()
+        return process
+
+    settings = Settings(**({"broker_url": broker_url} if broker_url else {}))
+    mq = MessageQueue(settings=settings)
+    workers = [worker(0), worker(1)]
+    try:
+        for process in workers:
+            process.wait_ready(mq.app, timeout=60)
+        for kill in range(kills):
+            flag = f"bench:hold:{uuid.uuid4()}"
+            client.set(flag, 1)
+            tag = f"recovery-{broker}-{kill}"
+            message_id = mq.enqueue(QUEUE, {"action": "probe", "tag": tag, "block_while": flag})
+            wait_until(lambda t=tag: client.llen(f"test:runs:{t}") == 1, timeout=60, what="the task to start")
+            holder = client.lindex(f"test:runs:{tag}", 0).decode().split("|")[1]
+            doomed = next(p for p in workers if p.nodename == holder)
+            doomed.kill9()
+            killed_at = time.monotonic()
+            client.delete(flag)  # the next delivery finishes at once
+            finished = lambda m=message_id: mq.get_status(m)["state"] == "SUCCESS"  # noqa: E731
+            wait_until(finished, timeout=lost_after + 120, interval=0.02, what="the task to finish elsewhere")
+            result.seconds.append(time.monotonic() - killed_at)
+            print(f"  {broker}: kill {kill + 1}/{kills}: finished elsewhere {result.seconds[-1]:.1f} s later")
+            workers.remove(doomed)
+            replacement = worker(len(result.seconds) + 1)
+            replacement.wait_ready(mq.app, timeout=60)
+            workers.append(replacement)
+    finally:
+        for process in workers:
+            process.stop()
+        mq.close()
+    return result
+
+
+def run(kills: int, lost_after: int) -> list[Recovery]:
+    with sandbox("bench-recovery-") as box:
+        results = [_kills("redis", None, box.workdir, kills, lost_after)]
+        rabbit = RabbitMQServer(box.workdir / "rabbitmq")
+        rabbit.start()
+        try:
+            results.append(_kills("rabbitmq", rabbit.url, box.workdir, kills, lost_after))
+        finally:
+            rabbit.stop()
+            rabbit.remove()
+    return results
+
+
+def report(results: list[Recovery]) -> str:
+    from config import get_settings
+
+    settings = get_settings()
+    kills = len(results[0].seconds)
+    lines = [
+        f"### Lost-worker recovery ({kills} kill -9 of a whole worker mid-task per broker, one run)",
+        "",
+        "| broker | how | WORKER_LOST_AFTER | median s | worst s |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        how = (
+            "worker leases (tasks/leases.py)" if result.broker == "redis" else "broker requeues on disconnect"
+        )
+        figures = f"{result.worker_lost_after} | {result.median:.1f} | {result.worst:.1f}"
+        lines.append(f"| {result.broker} | {how} | {figures} |")
+    lines.append(
+        f"| redis | kombu's visibility timeout alone (the last resort; not waited for) | | "
+        f"{settings.visibility_timeout:,} | {settings.visibility_timeout:,} |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="one kill per broker, WORKER_LOST_AFTER=5")
+    parser.add_argument("--kills", type=int, default=None, help="kills per broker (default 5, smoke 1)")
+    args = parser.parse_args(argv)
+    kills = args.kills or (1 if args.smoke else 5)
+    from config.settings import Settings
+
+    lost_after = 5 if args.smoke else int(Settings.model_fields["worker_lost_after"].default)
+    text = report(run(kills, lost_after))
+    print(text)
+    if not args.smoke:
+        out = Path(__file__).parent / "results" / "recovery.md"
+        out.write_text(text + "\n")
+        print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Every producer gets the whole pipeline: an execution is recorded, indexed (execution and logs) and counted
+exactly once however it was enqueued, including by a codebase that has none of the project's modules.
+
+The pipeline is attached by the worker that runs the execution (tasks/execution.py); these tests send
+executions every way there is and count, from the fleet's own task counters, how often each follow-up ran.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from celery import chain, group
+
+from config import get_settings
+from services.analytics import get_workflow_stats
+from services.message_queue import MessageQueue
+from services.metrics import OUTCOMES_KEY
+from services.search import get_search_service, reset_search_service
+from services.vectors import reset_vector_service
+from tasks.execution import EXECUTION_FOLLOW_UP
+from tests.fabric.conftest import wait_for_state
+from tests.support.servers import wait_until
+from tests.support.workers import WorkerProcess
+from workflows.pipelines import Pipelines
+from workflows.repository import WorkflowRepository
+
+#: A service of another team: Celery and a task name, nothing of ours. Prints the message ids it sent.
+PLAIN_CELERY_PRODUCER = textwrap.dedent(
+    """
+    import json, sys
+    from celery import Celery
+
+    broker, payloads = sys.argv[1], json.loads(sys.argv[2])
+    app = Celery("another-service", broker=broker)
+    ids = [
+        app.send_task("workflow_execution.execute", kwargs={"payload": p}, queue="workflow_execution").id
+        for p in payloads
+    ]
+    ours = {"config", "tasks", "services", "workflows", "api", "cli", "celeryconfig", "tests"}
+    imported = sorted(name for name in sys.modules if name.split(".")[0] in ours)
+    assert not imported, f"the plain producer imported the project's modules: {imported}"
+    print(json.dumps(ids))
+    """
+)
+
+FLOW = {
+    "name": "Greeting",
+    "description": "Says hello to a person",
+    "definition": {
+        "nodes": [
+            {"id": "in", "type": "input", "data": {}},
+            {
+                "id": "hello",
+                "type": "process",
+                "data": {
+                    "operation": "template",
+                    "field": "name",
+                    "target": "greeting",
+                    "params": {"template": "Hello, {value}!"},
+                },
+            },
+            {"id": "out", "type": "output", "data": {}},
+        ],
+        "edges": [{"source": "in", "target": "hello"}, {"source": "hello", "target": "out"}],
+    },
+}
+
+
+def send_from_plain_celery(tmp_path: Path, payloads: list[dict[str, object]]) -> list[str]:
+    """Send executions from a fresh interpreter that imports only Celery."""
+    broker = get_settings().effective_broker_url
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_CELERY_PRODUCER, broker, json.dumps(payloads)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
+def follow_up_runs(client: redis.Redis) -> dict[str, int]:
+    """How many times each follow-up task has succeeded in the fleet (its task counters)."""
+    counts = client.hgetall(OUTCOMES_KEY)
+    return {name: int(counts.get(f"{name}|success".encode(), 0)) for name in EXECUTION_FOLLOW_UP}
+
+
+@pytest.fixture
+def pipelines(mq: MessageQueue) -> Pipelines:
+    reset_search_service()
+    reset_vector_service()
+    return Pipelines(queue=mq)
+
+
+def register(pipelines: Pipelines) -> str:
+    workflow_id = f"greeting-{uuid.uuid4().hex[:8]}"
+    pipelines.register_workflow({"id": workflow_id, **FLOW})
+    return workflow_id
+
+
+def assert_whole_pipeline_once(workflow_id: str, execution_ids: list[str], client: redis.Redis) -> None:
+    """Each execution recorded, indexed with its logs and counted; each follow-up ran once per execution."""
+    search = get_search_service()
+    repo = WorkflowRepository()
+    total = len(execution_ids)
+
+    def indexed() -> bool:
+        found = {e["id"] for e in search.search_executions(workflow_id=workflow_id, limit=100)}
+        return found == set(execution_ids)
+
+    wait_until(indexed, timeout=90, interval=0.3, what=f"{total} executions of {workflow_id} to be indexed")
+    wait_until(lambda: get_workflow_stats(workflow_id)["runs"] == total, timeout=60, what="the statistics")
+    wait_until(lambda: set(follow_up_runs(client).values()) == {total}, timeout=60, what="the follow-ups")
+    for execution_id in execution_ids:
+        record = repo.get_execution(execution_id)
+        assert record is not None and record.status.value == "completed", (execution_id, record)
+        assert search.search_logs(execution_id=execution_id, limit=100), f"no logs indexed for {execution_id}"
+    stats = get_workflow_stats(workflow_id)
+    assert stats["runs"] == total
+    assert stats["by_status"]["completed"] == total
+    time.sleep(2)  # a second copy of a follow-up would have run by now
+    # Every follow-up ran exactly once per execution, whoever sent it.
+    assert follow_up_runs(client) == dict.fromkeys(EXECUTION_FOLLOW_UP, total)
+
+
+def test_every_producer_gets_the_whole_pipeline_exactly_once(
+    pipelines: Pipelines, mq: MessageQueue, fleet: list[WorkerProcess], redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    workflow_id = register(pipelines)
+    payload = {"workflow_id": workflow_id, "input_data": {"name": "Ada"}}
+    sent = [
+        mq.enqueue("workflow_execution", payload),  # the guide's enqueue (and the HTTP API's)
+        pipelines.request_execution(workflow_id, {"name": "Grace"}),  # Pipelines
+        *mq.enqueue_many("workflow_execution", [payload, payload]),  # high volume
+        *send_from_plain_celery(tmp_path, [payload, payload]),  # another codebase, by task name only
+    ]
+    # An older producer that composed the pipeline itself: the worker does not add it a second time.
+    composed = str(uuid.uuid4())
+    chain(
+        mq.app.signature(
+            "workflow_execution.execute", kwargs={"payload": {**payload, "execution_id": composed}},
+            task_id=composed, queue="workflow_execution",
+        ),
+        group(mq.app.signature(name) for name in EXECUTION_FOLLOW_UP),
+    ).apply_async()  # fmt: skip
+    sent.append(composed)
+    assert_whole_pipeline_once(workflow_id, sent, redis_client)
+
+
+def test_a_dead_lettered_execution_from_a_plain_celery_app_replays_through_the_whole_pipeline(
+    pipelines: Pipelines, mq: MessageQueue, fleet: list[WorkerProcess], redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    workflow_id = f"later-{uuid.uuid4().hex[:8]}"
+    (message_id,) = send_from_plain_celery(
+        tmp_path, [{"workflow_id": workflow_id, "input_data": {"name": "Ada"}}]
+    )
+    status = wait_for_state(mq, message_id, {"DEAD_LETTERED"}, timeout=60)
+    assert status["dead_letter"]["reason"] == "permanent"
+    assert workflow_id in status["error"]["message"]
+    assert follow_up_runs(redis_client) == dict.fromkeys(EXECUTION_FOLLOW_UP, 0)
+
+    pipelines.register_workflow({"id": workflow_id, **FLOW})  # the cause is fixed: replay
+    mq.replay_dead_letter(message_id)
+    # The execution keeps the id of its first message through the replay.
+    assert_whole_pipeline_once(workflow_id, [message_id], redis_client)
+    assert mq.list_dead_letters() == []
