@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root), then .venv with the project installed. Re-running it is cheap: it reinstalls only when
+# not root), for dev also prometheus (the tests run promtool and a real Prometheus; without recommends, so
+# no node exporter), then .venv with the project installed. Re-running it is cheap: it reinstalls only when
 # pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +16,15 @@ fi
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "$profile" = dev ]; then
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+fi
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
