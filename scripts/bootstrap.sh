@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root; for dev also rabbitmq-server), then .venv with the project installed. Re-running it is cheap:
-# it reinstalls only when pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
+# not root; for dev also the servers and tools the tests run: rabbitmq-server, prometheus), then .venv with
+# the project installed. Re-running it is cheap: it reinstalls only when pyproject.toml changed.
+# Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
@@ -14,17 +15,19 @@ fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "$profile" = dev ]; then
   # The reliability suite runs on RabbitMQ as well as Redis, on a private node it starts itself.
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # promtool checks the alert rules; a real Prometheus scrapes the deploy's targets.
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 fi
-"$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -8,9 +8,29 @@ What is exported
 - ``wft_task_outcomes_total{task,outcome}``: outcome ``success``, ``failure``, ``retry``, ``dead_lettered``
   (failed and sent to ``dead_letter``) or ``ignored``/``rejected``.
 - ``wft_task_retries_total{task,error}``: retries, by the error type that caused them.
-- ``wft_dead_letters_total{queue,reason}``: dead letters stored, by the queue they came from.
+- ``wft_dead_letters_total{queue,reason}``: dead letters stored, by the queue they came from (counted once
+  per stored record, so a redelivered dead letter is not counted twice).
+- ``wft_workflow_executions_total{workflow,status}``: finished executions, status ``completed``, ``failed``
+  or ``cancelled``. Counted once per execution id, even when its message is redelivered (see
+  :func:`record_execution`).
+- ``wft_workflow_execution_duration_seconds{workflow}``: histogram of execution run times, first step to
+  last (the record's ``started_at`` to ``completed_at``).
+- ``wft_workflow_step_duration_seconds{workflow,step_type}``: histogram of the run times of the steps that
+  ran (completed or failed; skipped and never-run steps are left out), retries of a step included.
 - ``wft_queue_depth{queue}`` and ``wft_queue_dead_lettered{queue}``: computed on each scrape from
-  :meth:`services.message_queue.MessageQueue.queue_stats`.
+  :meth:`services.message_queue.MessageQueue.queue_stats`. The depth is every message waiting in the broker
+  for that queue: on Redis the sum of kombu's ten per-priority lists (``<queue>`` and
+  ``<queue>\\x06\\x16<level>``), on RabbitMQ the queue's ready count. The autoscalers read this metric.
+- ``wft_broker_unacked``: messages workers have taken and not yet acknowledged, all queues together
+  (running, prefetched, or held until their countdown or retry backoff is due). Redis broker only: one
+  ``HLEN`` of kombu's ``unacked`` hash (counting them per queue would mean reading every held message).
+- ``wft_metrics_redis_up``: 1 if the scrape could read the fleet's numbers from Redis.
+
+Worker liveness is not exported here: Flower's own ``/metrics`` has ``flower_worker_online{worker}``
+(Prometheus scrapes both; see ``deploy/prometheus/prometheus.yml``).
+
+Every endpoint reports the whole fleet, so two scrape targets give the same numbers: aggregate across
+instances with ``max``, never ``sum`` (``deploy/grafana`` and ``deploy/prometheus/alerts.yml`` do).
 
 Why the numbers live in Redis
 -----------------------------
@@ -35,12 +55,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from config import QUEUES, get_settings
-from services.errors import AppError
+from config.settings import Settings
+from services.errors import AppError, BackendUnavailable
 from services.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
@@ -51,11 +73,43 @@ RETRIES_KEY = PREFIX + "retries"
 DEAD_LETTERS_KEY = PREFIX + "dead_letters"
 DURATION_KEY = PREFIX + "duration:"  # + task name
 DURATION_TASKS_KEY = PREFIX + "duration_tasks"
+EXECUTIONS_KEY = PREFIX + "executions"
+EXECUTION_DURATION_KEY = PREFIX + "execution_duration:"  # + workflow id
+EXECUTION_DURATION_INDEX = PREFIX + "execution_duration_workflows"
+STEP_DURATION_KEY = PREFIX + "step_duration:"  # + workflow id | step type
+STEP_DURATION_INDEX = PREFIX + "step_duration_series"
+COUNTED_KEY = PREFIX + "counted:"  # + execution id: set once the execution is counted
+EXECUTION_STATUSES = ("completed", "failed", "cancelled")
 
 #: Upper bounds of the duration histogram, seconds: from a sub-millisecond noop to the 300 s soft limit.
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OUTCOMES = ("success", "failure", "retry", "dead_lettered", "ignored", "rejected")
 _SEP = "|"
+
+# Count an execution only once: the marker, the counter and both histograms change together or not at all.
+# KEYS: marker, executions hash, execution histogram index, execution histogram, step histogram index,
+#       then one step histogram per step observation.
+# ARGV: marker TTL, executions field, workflow id, execution bucket ('' without a duration), duration,
+#       then per step observation: index member, bucket, seconds.
+_COUNT_EXECUTION = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+local function observe(key, bucket, seconds)
+  redis.call('HINCRBY', key, bucket, 1)
+  redis.call('HINCRBY', key, 'count', 1)
+  redis.call('HINCRBYFLOAT', key, 'sum', seconds)
+end
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[3])
+  observe(KEYS[4], ARGV[4], ARGV[5])
+end
+for i = 6, #KEYS do
+  local at = 6 + (i - 6) * 3
+  redis.call('SADD', KEYS[5], ARGV[at])
+  observe(KEYS[i], ARGV[at + 1], ARGV[at + 2])
+end
+return 1
+"""
 
 _warned_at = 0.0
 _warn_lock = threading.Lock()
@@ -117,6 +171,63 @@ def record_dead_letter(queue: str, reason: str, client: redis.Redis | None = Non
         _redis_failed(f"a dead letter from {queue}", exc)
 
 
+def counted_window(settings: Settings | None = None) -> int:
+    """Seconds an execution id stays marked as counted: twice the visibility timeout, longer than any
+    redelivery of a finished execution's message can come (Redis re-delivers an unacknowledged message after
+    one visibility timeout; RabbitMQ at once)."""
+    return 2 * (settings or get_settings()).visibility_timeout
+
+
+def record_execution(
+    execution_id: str,
+    workflow_id: str,
+    status: str,
+    duration: float | None,
+    steps: Iterable[tuple[str, float]] = (),
+    *,
+    finished_at: float | None = None,
+    client: redis.Redis | None = None,
+) -> bool:
+    """Count one finished execution of ``workflow_id`` with its ``status`` (one of
+    :data:`EXECUTION_STATUSES`), its ``duration`` in seconds (None: unknown) and ``steps``, one
+    ``(step type, seconds)`` per step that ran.
+
+    Counted once per ``execution_id``: a marker kept for :func:`counted_window` seconds makes a second call
+    (a redelivered message, two workers that ran the same execution) change nothing. An execution that
+    ``finished_at`` (Unix time) longer ago than that window is not counted either: it was counted when it
+    finished, and its marker has expired since. So a caller may call this for every finished record it
+    returns, recorded now or earlier, and a worker killed between storing a record and counting it is made
+    good by the redelivery. One atomic script in one round trip.
+
+    Returns True when counted now, False when already counted, too old, or Redis failed (logged, never
+    raised: metrics never fail an execution). Raises ValueError for an unknown status.
+    """
+    if status not in EXECUTION_STATUSES:
+        raise ValueError(f"unknown execution status {status!r}; expected one of {EXECUTION_STATUSES}")
+    window = counted_window()
+    if finished_at is not None and time.time() - finished_at > window:
+        return False
+    keys = [COUNTED_KEY + execution_id, EXECUTIONS_KEY, EXECUTION_DURATION_INDEX,
+            EXECUTION_DURATION_KEY + workflow_id, STEP_DURATION_INDEX]  # fmt: skip
+    args: list[str | int | float] = [
+        window,
+        f"{workflow_id}{_SEP}{status}",
+        workflow_id,
+        _bucket_field(duration) if duration is not None else "",
+        max(duration, 0.0) if duration is not None else 0,
+    ]
+    for step_type, seconds in steps:
+        member = f"{workflow_id}{_SEP}{step_type}"
+        keys.append(STEP_DURATION_KEY + member)
+        args += [member, _bucket_field(seconds), max(seconds, 0.0)]
+    try:
+        target = client or get_redis()
+        return bool(target.register_script(_COUNT_EXECUTION)(keys=keys, args=args))
+    except redis.RedisError as exc:
+        _redis_failed(f"execution {execution_id} of {workflow_id}", exc)
+        return False
+
+
 # --- exposition (scrape side) --------------------------------------------------------------------------
 
 
@@ -156,7 +267,10 @@ class FleetCollector(Collector):
             pipe.hgetall(RETRIES_KEY)
             pipe.hgetall(DEAD_LETTERS_KEY)
             pipe.smembers(DURATION_TASKS_KEY)
-            outcomes, retries, dead, tasks = pipe.execute()
+            pipe.hgetall(EXECUTIONS_KEY)
+            pipe.smembers(EXECUTION_DURATION_INDEX)
+            pipe.smembers(STEP_DURATION_INDEX)
+            outcomes, retries, dead, tasks, executions, workflows, step_series = pipe.execute()
 
         family = CounterMetricFamily(
             "wft_task_outcomes", "Finished task runs by outcome.", labels=["task", "outcome"]
@@ -185,28 +299,32 @@ class FleetCollector(Collector):
                 family.add_metric(labels, int(value))
         yield family
 
-        yield self._durations(client, sorted(t.decode() for t in tasks))
-        yield from self._queue_depths()
-
-    def _durations(self, client: redis.Redis, tasks: list[str]) -> Metric:
-        family = HistogramMetricFamily(
-            "wft_task_duration_seconds", "Task run time, prerun to postrun.", labels=["task"]
+        family = CounterMetricFamily(
+            "wft_workflow_executions",
+            "Finished workflow executions by workflow and status (completed, failed, cancelled).",
+            labels=["workflow", "status"],
         )
-        with client.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                pipe.hgetall(DURATION_KEY + task)
-            rows = pipe.execute()
-        for task, row in zip(tasks, rows, strict=True):
-            fields = {k.decode(): v for k, v in row.items()}
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound in BUCKETS:
-                cumulative += int(fields.get(repr(float(bound)), 0))
-                buckets.append((repr(float(bound)), cumulative))
-            count = int(fields.get("count", 0))
-            buckets.append(("+Inf", count))
-            family.add_metric([task], buckets, float(fields.get("sum", 0.0)))
-        return family
+        for field, value in sorted(executions.items()):
+            labels = _split(field, 2)
+            if labels:
+                family.add_metric(labels, int(value))
+        yield family
+
+        yield _histogram(
+            client, "wft_task_duration_seconds", "Task run time, prerun to postrun.", ["task"],
+            DURATION_KEY, tasks,
+        )  # fmt: skip
+        yield _histogram(
+            client, "wft_workflow_execution_duration_seconds",
+            "Workflow execution run time, first step started to last step finished.", ["workflow"],
+            EXECUTION_DURATION_KEY, workflows,
+        )  # fmt: skip
+        yield _histogram(
+            client, "wft_workflow_step_duration_seconds",
+            "Run time of the workflow steps that ran (retries included), by workflow and step type.",
+            ["workflow", "step_type"], STEP_DURATION_KEY, step_series,
+        )  # fmt: skip
+        yield from self._queue_depths()
 
     def _queue_depths(self) -> Iterator[Metric]:
         from services.message_queue import get_message_queue
@@ -222,6 +340,60 @@ class FleetCollector(Collector):
             dead.add_metric([queue], stats["dead_lettered"])
         yield depth
         yield dead
+        unacked = _broker_unacked(mq.app)
+        if unacked is not None:
+            family = GaugeMetricFamily(
+                "wft_broker_unacked",
+                "Messages taken by workers and not yet acknowledged (running, prefetched, or waiting for "
+                "their countdown), all queues together. Redis broker only.",
+            )
+            family.add_metric([], unacked)
+            yield family
+
+
+def _broker_unacked(app: Any) -> int | None:
+    """``HLEN`` of kombu's unacked hash on a Redis broker; None on other brokers."""
+    try:
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            key = getattr(channel, "unacked_key", None)
+            client = getattr(channel, "client", None)
+            if key is None or client is None:
+                return None
+            return int(client.hlen(key))
+    except (redis.RedisError, OperationalError) as exc:
+        raise BackendUnavailable(f"could not read the broker's unacked messages: {exc}") from exc
+
+
+def _histogram(
+    client: redis.Redis,
+    name: str,
+    documentation: str,
+    labels: list[str],
+    key_prefix: str,
+    members: Iterable[bytes],
+) -> Metric:
+    """A histogram family from one Redis hash per label set (``key_prefix + member``; the member holds the
+    label values joined by ``|``), each with a count per bucket, ``count`` and ``sum``."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    series = sorted(m.decode() for m in members)
+    with client.pipeline(transaction=False) as pipe:
+        for member in series:
+            pipe.hgetall(key_prefix + member)
+        rows = pipe.execute()
+    for member, row in zip(series, rows, strict=True):
+        values = member.rsplit(_SEP, len(labels) - 1)
+        if len(values) != len(labels):
+            continue
+        fields = {k.decode(): v for k, v in row.items()}
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound in BUCKETS:
+            cumulative += int(fields.get(repr(float(bound)), 0))
+            buckets.append((repr(float(bound)), cumulative))
+        buckets.append(("+Inf", int(fields.get("count", 0))))
+        family.add_metric(values, buckets, float(fields.get("sum", 0.0)))
+    return family
 
 
 def fleet_registry(client: redis.Redis | None = None) -> CollectorRegistry:

@@ -4,15 +4,21 @@ Idempotent by execution id: a finished record already stored for that id is retu
 runs again, so a redelivered message (a worker killed with ``kill -9`` after the record was written) repeats
 nothing. A record left ``running`` by a killed worker is not finished, so the redelivery runs the execution
 again from the start and overwrites it: one record per id, ending completed, failed or cancelled.
+
+Each finished execution is counted in the fleet's metrics (:func:`services.metrics.record_execution`) once
+per id: counted here whenever a finished record is returned, ran now or found stored, and the metrics
+keep a marker per id, so a redelivery counts nothing twice while a worker killed between storing the record
+and counting it is made good by the redelivery.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from services import metrics
 from services.errors import InvalidInput
 from workflows.engine import OnStep, ShouldCancel, WorkflowEngine, get_engine
-from workflows.model import ExecutionRecord, ExecutionStatus, utcnow
+from workflows.model import ExecutionRecord, ExecutionStatus, StepStatus, utcnow
 from workflows.repository import WorkflowRepository
 
 
@@ -44,6 +50,7 @@ def run_execution(
                 f"not {workflow_id!r}"
             )
         if existing.status.finished:
+            count_execution(existing)
             return existing, False
     workflow = repo.get_workflow(workflow_id)
     run_engine = engine or get_engine()
@@ -66,4 +73,25 @@ def run_execution(
         plan, input_data, execution_id=execution_id, should_cancel=should_cancel, on_step=on_step
     )
     repo.save_execution(record)
+    count_execution(record)
     return record, True
+
+
+def count_execution(record: ExecutionRecord) -> bool:
+    """Count the finished ``record`` in the fleet's metrics: its status, duration and the duration of each
+    step that ran (completed or failed). Returns True if counted now, False if it was counted before (or
+    finished too long ago, or Redis failed: metrics never fail an execution)."""
+    duration = record.duration_ms
+    steps = [
+        (step.type, step.duration_ms / 1000.0)
+        for step in record.steps
+        if step.duration_ms is not None and step.status in (StepStatus.COMPLETED, StepStatus.FAILED)
+    ]
+    return metrics.record_execution(
+        record.execution_id,
+        record.workflow_id,
+        record.status.value,
+        duration / 1000.0 if duration is not None else None,
+        steps,
+        finished_at=record.completed_at.timestamp() if record.completed_at else None,
+    )
