@@ -139,8 +139,9 @@ def flower_argv() -> list[str]:
     return celery_argv("flower", f"--conf={FLOWER_CONFIG}")
 
 
-class StopRequested(Exception):
-    """SIGTERM or SIGHUP arrived: stop everything, as on Ctrl-C."""
+class StopRequested(BaseException):
+    """SIGTERM or SIGHUP arrived: stop everything, as on Ctrl-C. A ``BaseException``, as ``KeyboardInterrupt``
+    is, so that no ``except Exception`` on the way (a retry loop, a library) swallows it."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
