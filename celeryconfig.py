@@ -97,7 +97,30 @@ def build(settings: Settings) -> dict[str, Any]:
             "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
         ),
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Maintenance (tasks.maintenance), sent by `celery -A tasks.app beat`, routed to analytics_tasks.
+        **beat(settings),
+    }
+
+
+def beat(settings: Settings) -> dict[str, Any]:
+    """Celery beat's settings: the maintenance schedule (:mod:`tasks.maintenance`, routed to
+    ``analytics_tasks``) kept in Redis by celery-redbeat, shared by every beat of the fleet.
+
+    Each entry's last run time lives in Redis, so a restarted (or replaced) beat sends nothing early. A lock
+    lets one beat of many send: the others wait as standbys and take over within ``BEAT_LOCK_TIMEOUT``
+    seconds of the running one dying, and within a fifth of that when it stops cleanly (it releases the lock).
+    """
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        # Redis even when the broker is RabbitMQ: the schedule and the lock need Redis commands.
+        "redbeat_redis_url": settings.redis_url,
+        # Said explicitly: redbeat would otherwise fall back to the broker's transport options (deprecated).
+        # A Redis outage is retried for no longer than the lock lives; after that another beat may hold the
+        # lock, and this one exits (redis-py's LockNotOwnedError) to be restarted as a standby.
+        "redbeat_redis_options": {"retry_period": settings.beat_lock_timeout},
+        "redbeat_key_prefix": "wft:beat:",
+        "redbeat_lock_timeout": settings.beat_lock_timeout,
+        # Every tick renews the lock, and a standby retries the lock this often: well inside the timeout.
+        "beat_max_loop_interval": max(1, settings.beat_lock_timeout // 5),
         "beat_schedule": {
             "expire-executions": {
                 "task": "analytics_tasks.expire_executions",

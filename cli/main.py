@@ -6,11 +6,13 @@ Exit codes: 0 done, 1 failed, 2 bad input or usage, 69 a backend is unavailable,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from config import QUEUES, get_settings
@@ -22,45 +24,58 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
 
 
+def version() -> str:
+    """The installed project's version (``pyproject.toml``), or a note that it is not installed."""
+    try:
+        return metadata.version("workflow-tasks")
+    except metadata.PackageNotFoundError:
+        return "(not installed: run scripts/bootstrap.sh)"
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start Redis if none answers, a worker for every queue, beat, the API and Flower; run the demo; serve
-    until Ctrl-C. Everything started here is stopped on the way out."""
+    until Ctrl-C, SIGTERM or SIGHUP. Everything started here is stopped on the way out, with a warm shutdown
+    of up to ``TASK_TIME_LIMIT`` + 30 s (running tasks finish); a second signal kills at once."""
     from cli.demo import run_demo
-    from cli.processes import Child
+    from cli.processes import Child, StopRequested, stop_all, stop_on_signals
     from services.message_queue import get_message_queue
 
     children: list[Child] = []
     out = sys.stdout
-    try:
-        hostname, worker = _start_services(args, children, out)
-        queue = get_message_queue()
-        _wait_for_worker(queue.app, hostname, worker)
-        out.write("==> worker ready\n")
-        run_demo(queue, out, timeout=args.timeout)
-        _print_next_steps(args, out)
-        if args.exit_after_demo:
+    with stop_on_signals():
+        try:
+            hostname, worker = _start_services(args, children, out)
+            queue = get_message_queue()
+            _wait_for_worker(queue.app, hostname, worker)
+            out.write("==> worker ready\n")
+            run_demo(queue, out, timeout=args.timeout)
+            _print_next_steps(args, out)
+            if args.exit_after_demo:
+                return EXIT_OK
+            out.write("\nRunning. Press Ctrl-C (or send SIGTERM) to stop everything this command started.\n")
+            out.flush()
+            while all(child.alive() for child in children):
+                time.sleep(1)
+            dead = [c for c in children if not c.alive()]
+            out.write(f"{dead[0].name} exited; its log:\n{dead[0].tail()}\n")
+            return EXIT_FAILED
+        except (KeyboardInterrupt, StopRequested) as stop:
+            reason = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else str(stop)
+            with contextlib.suppress(OSError):  # a hung-up terminal (SIGHUP) may refuse the line
+                out.write(f"\n==> {reason}: stopping everything this command started\n")
+                out.flush()
             return EXIT_OK
-        out.write("\nRunning. Press Ctrl-C to stop everything this command started.\n")
-        while all(child.alive() for child in children):
-            time.sleep(1)
-        dead = [c for c in children if not c.alive()]
-        out.write(f"{dead[0].name} exited; its log:\n{dead[0].tail()}\n")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        out.write("\n==> stopping\n")
-        return EXIT_OK
-    finally:
-        for child in reversed(children):
-            child.stop()
+        finally:
+            stop_all(children, grace=get_settings().task_time_limit + 30)
 
 
 def _start_services(args: argparse.Namespace, children: list[Any], out: Any) -> tuple[str, Any]:
     """Start what ``run`` needs, appending each process to ``children`` as soon as it exists."""
-    from cli.processes import Child, celery_argv, redis_answers, start_redis
+    from cli.processes import Child, celery_argv, flower_argv, redis_answers, start_redis
 
     settings = get_settings()
     log_dir = settings.data_dir / "logs"
@@ -71,28 +86,31 @@ def _start_services(args: argparse.Namespace, children: list[Any], out: Any) -> 
         out.write(
             f"==> no Redis at {settings.redis_url}: starting redis-server, AOF in {settings.data_dir}\n"
         )
-        children.append(start_redis(settings.redis_url, settings.data_dir / "redis", log_dir))
+        start_redis(settings.redis_url, settings.data_dir / "redis", log_dir, children)
     hostname = f"wft-{os.getpid()}@localhost"
     worker_args = ["worker", "-Q", ",".join(QUEUES), "-n", hostname, "-E", "-l", "INFO",
                    "--without-gossip", "--without-mingle"]  # fmt: skip
     if args.concurrency:
         worker_args += ["-c", str(args.concurrency)]
+
+    def start(child: Child) -> Child:
+        # Listed before it starts, so a stop signal that arrives meanwhile still finds it.
+        children.append(child)
+        return child.start()
+
     out.write(f"==> starting a Celery worker for all queues ({', '.join(QUEUES)})\n")
-    worker = Child("worker", celery_argv(*worker_args), log_dir).start()
-    children.append(worker)
+    worker = start(Child("worker", celery_argv(*worker_args), log_dir))
+    # The schedule and its last run times live in Redis (celery-redbeat, see celeryconfig.beat), shared
+    # with any other beat on the same Redis: one of them sends at a time.
     out.write("==> starting Celery beat (periodic maintenance)\n")
-    beat_argv = celery_argv("beat", "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", "INFO")
-    children.append(Child("beat", beat_argv, log_dir).start())
+    start(Child("beat", celery_argv("beat", "-l", "INFO"), log_dir))
     if not args.no_api:
         out.write(f"==> starting the HTTP API at http://localhost:{settings.api_port}\n")
-        children.append(Child("api", [sys.executable, "-m", "api"], log_dir).start())
+        start(Child("api", [sys.executable, "-m", "api"], log_dir))
     if not args.no_flower:
-        env = dict(os.environ)
-        # Credentials travel in the environment, never on a command line that `ps` shows.
-        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-        flower_argv = celery_argv("flower", f"--port={settings.flower_port}", "--persistent=True",
-                                  f"--db={settings.data_dir / 'flower.db'}")  # fmt: skip
-        children.append(Child("flower", flower_argv, log_dir, env=env).start())
+        # deploy/flower/flowerconfig.py: basic auth from FLOWER_USER/FLOWER_PASSWORD (never on a command
+        # line that `ps` shows), state in DATA_DIR/flower.db saved every FLOWER_STATE_SAVE_INTERVAL ms.
+        start(Child("flower", flower_argv(), log_dir))
         out.write(f"==> starting Flower at http://localhost:{settings.flower_port}\n")
     return hostname, worker
 
@@ -226,10 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"wft {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", help="start Redis if needed, workers and Flower, run the demo, serve until Ctrl-C"
+        "run",
+        help="start Redis if needed, workers, beat, the API and Flower, run the demo, serve until Ctrl-C "
+        "or SIGTERM/SIGHUP (which stop everything it started)",
     )
     run.add_argument("--no-flower", action="store_true", help="do not start Flower")
     run.add_argument("--no-api", action="store_true", help="do not start the HTTP API")

@@ -232,6 +232,12 @@ class Settings(BaseSettings):
     maintenance_max_expired_per_run: int = Field(
         10_000, ge=1, description="Most executions one expiry run deletes (the rest wait for the next)."
     )
+    beat_lock_timeout: int = Field(
+        30,
+        ge=5,
+        description="Seconds the running beat's lock outlives its last tick: how soon a standby beat takes "
+        "over from one that died.",
+    )
 
     # --- API, Flower ------------------------------------------------------------------------------
     api_keys: SecretStr = Field(
@@ -244,6 +250,16 @@ class Settings(BaseSettings):
     flower_user: str = Field("admin", description="Flower basic-auth user.")
     flower_password: SecretStr = Field(SecretStr(DEV_SECRET), description="Flower basic-auth password.")
     flower_port: int = Field(5555, description="Port Flower listens on.")
+    # Named and typed as Flower's own options: Flower reads FLOWER_<OPTION> from the environment too, and
+    # must parse the same value the same way.
+    flower_state_save_interval: int = Field(
+        60_000,
+        ge=1000,
+        description="Milliseconds between two saves of Flower's state: what a crash of Flower can lose.",
+    )
+    flower_purge_offline_workers: int = Field(
+        3600, ge=1, description="Seconds after which Flower stops showing a worker that went offline."
+    )
     api_port: int = Field(8000, description="Port the HTTP API listens on.")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds (0.0.0.0: every interface).")
     health_check_timeout: float = Field(

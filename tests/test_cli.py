@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support.servers import free_port, port_open
+from tests.support.servers import free_port, port_open, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess
 
 
@@ -97,3 +100,104 @@ def test_cli_subcommands_against_a_running_worker(redis_client: redis.Redis, tmp
     assert wft("--help").returncode == 0
     for sub in ("run", "enqueue", "status", "dlq", "health", "stats", "worker", "demo"):
         assert wft(sub, "--help").returncode == 0
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live process below ``root``, as pid -> its start time (field 22 of /proc/PID/stat), so a pid
+    the kernel hands out again later is not mistaken for the same process."""
+    parents: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents.setdefault(int(fields[1]), []).append(pid)
+        started[pid] = fields[19]
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = started[child]
+            todo.append(child)
+    return found
+
+
+def _survivors(processes: dict[int, str]) -> list[str]:
+    """The processes of ``processes`` still running (zombies count as gone), with their command lines."""
+    alive = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            alive.append(f"{pid}: {cmdline}")
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "after"),
+    [(signal.SIGTERM, "Running. Press Ctrl-C"), (signal.SIGHUP, "==> worker ready")],
+    ids=["SIGTERM-while-serving", "SIGHUP-during-the-demo"],
+)
+def test_run_stops_every_process_it_started_on_a_stop_signal(
+    tmp_path: Path, sig: signal.Signals, after: str
+) -> None:
+    redis_port, flower_port, api_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "DATA_DIR": str(tmp_path / "var"),
+           "FLOWER_PORT": str(flower_port), "API_PORT": str(api_port)}  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "--concurrency", "2"], cwd=REPO_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    started: dict[int, str] = {}
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_until(lambda: any(after in line for line in lines) or run.poll() is not None, timeout=300,
+                   interval=0.2, what=f"`wft run` to print {after!r}")  # fmt: skip
+        assert run.poll() is None, "".join(lines)
+        # Everything is up: Redis, the worker and its pool, beat, the API and Flower.
+        wait_until(lambda: all(port_open(p) for p in (redis_port, flower_port, api_port)), timeout=60,
+                   what="Redis, Flower and the API to listen")  # fmt: skip
+        started.update(_descendants(run.pid))
+        commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid in started)
+        for role in ("redis-server", "worker", "beat", "flower", "api"):
+            assert role in commands, f"{role} is not running under `wft run`"
+        assert len(started) >= 7  # five roles, and the worker's two pool processes
+
+        run.send_signal(sig)
+        # Within the warm shutdown (TASK_TIME_LIMIT + 30 s); idle, it takes a few seconds.
+        assert run.wait(timeout=360 + 30) == 0
+        reader.join(10)
+        output = "".join(lines)
+        assert f"{sig.name}: stopping everything" in output, output[-3000:]
+        assert _survivors(started) == []
+        for port in (redis_port, flower_port, api_port):
+            assert not port_open(port)
+    finally:
+        # Whatever the outcome, leave nothing behind on the machine.
+        started.update(_descendants(run.pid) if run.poll() is None else {})
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        for survivor in _survivors(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(survivor.split(":")[0]), signal.SIGKILL)
+        reader.join(10)
+        run.stdout.close()  # type: ignore[union-attr]
+
+
+def test_version_prints_the_project_version() -> None:
+    from importlib import metadata
+
+    done = wft("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"wft {metadata.version('workflow-tasks')}"

@@ -3,6 +3,8 @@ execution be followed across queues by its execution id."""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import json
 import logging
 import uuid
@@ -52,6 +54,56 @@ def test_formatter_writes_one_json_object_with_the_task_context() -> None:
     assert "hunter2" not in data["exc_info"]
     outside = json.loads(JsonFormatter().format(make_record("no task")))
     assert "task_id" not in outside
+
+
+def test_extra_fields_appear_as_fields_of_their_own_with_secrets_masked() -> None:
+    logger = logging.getLogger("tests.extra")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    token = set_task_context(task_id="t-9", task_name="q.b", execution_id="e-9", queue="q")
+    try:
+        logger.warning(
+            "stored %s",
+            "wf-1",
+            extra={
+                "workflow_id": "wf-1",
+                "attempt": 3,
+                "elapsed": 0.25,
+                "step": {"id": "fetch", "url": "https://bot:s3cr3t@hooks.example/x", "api_key": "k-1"},
+                "tags": ["a", "b"],
+                "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                "password": "hunter2",
+                "tokens": 512,
+                "task_id": "forged",  # the task context wins over an extra of the same name
+                "level": "forged",  # nor can it replace a field of the line itself
+            },
+        )
+        logger.info("plain line")
+    finally:
+        clear_task_context(token)
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "stored wf-1"
+    assert first["workflow_id"] == "wf-1"
+    assert first["attempt"] == 3 and first["elapsed"] == 0.25
+    assert first["tags"] == ["a", "b"]
+    assert first["when"].startswith("2026-01-02T03:04:05")
+    assert first["step"]["id"] == "fetch"
+    assert "s3cr3t" not in json.dumps(first) and "k-1" not in json.dumps(first)
+    assert first["password"] == "***"
+    assert first["tokens"] == 512  # a count, not a secret
+    assert (first["task_id"], first["execution_id"], first["queue"]) == ("t-9", "e-9", "q")
+    assert first["level"] == "WARNING"
+    assert {"timestamp", "logger", "process"} <= first.keys()
+    assert "workflow_id" not in second and second["message"] == "plain line"
+    # Celery's own extra repeats the message and adds the task's arguments (personal data, at times).
+    received = make_record("Task q.a[t-1] received")
+    received.name, received.data = "celery.worker.strategy", {"id": "t-1", "kwargs": "{'email': 'a@b.c'}"}
+    assert "data" not in json.loads(JsonFormatter().format(received))
 
 
 @pytest.mark.parametrize(
