@@ -30,6 +30,7 @@ class Open(BaseModel):
 
 #: When each status is answered, for the routes that can answer it.
 ERROR_DESCRIPTIONS = {
+    400: "the body cannot be parsed (not JSON, or a broken multipart form)",
     401: "no API key, or not a configured one (X-API-Key header or Bearer token)",
     403: "the API key lacks the scope this route requires",
     404: "no such resource",

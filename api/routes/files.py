@@ -25,7 +25,7 @@ UPLOADS_PREFIX = "uploads/"
     dependencies=[WRITE],
     status_code=201,
     responses=error_responses(
-        *AUTH, 413, 422, 503, notes={422: "no file part, or a filename the store refuses"}
+        *AUTH, 400, 413, 422, 503, notes={422: "no file part, or a filename the store refuses"}
     ),
 )
 def upload_file(file: Annotated[UploadFile, File(description="the file to store")]) -> UploadedFile:

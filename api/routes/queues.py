@@ -43,7 +43,7 @@ class EnqueueRequest(BaseModel):
     "/queues/{queue}/messages",
     dependencies=[ENQUEUE],
     status_code=202,
-    responses=error_responses(*AUTH, 413, 422, 503, notes=CONTRACT),
+    responses=error_responses(*AUTH, 400, 413, 422, 503, notes=CONTRACT),
 )
 def enqueue(
     queue: Annotated[str, Path(max_length=100)],
@@ -79,7 +79,7 @@ class BulkEnqueueRequest(BaseModel):
     "/queues/{queue}/messages/bulk",
     dependencies=[ENQUEUE],
     status_code=202,
-    responses=error_responses(*AUTH, 413, 422, 503, notes=CONTRACT),
+    responses=error_responses(*AUTH, 400, 413, 422, 503, notes=CONTRACT),
 )
 def enqueue_bulk(
     queue: Annotated[str, Path(max_length=100)], request: Annotated[BulkEnqueueRequest, Body()]

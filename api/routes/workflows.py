@@ -50,7 +50,7 @@ class ExecutionRequest(BaseModel):
     dependencies=[WRITE],
     status_code=201,
     responses=error_responses(
-        *AUTH, 413, 422, 503, notes={422: "the workflow is invalid (the field or node at fault)"}
+        *AUTH, 400, 413, 422, 503, notes={422: "the workflow is invalid (the field or node at fault)"}
     ),
 )
 def register_workflow(
@@ -108,7 +108,7 @@ def get_workflow(workflow_id: WorkflowId) -> WorkflowDocument:
     "/workflows/{workflow_id}/executions",
     dependencies=[WRITE],
     status_code=202,
-    responses=error_responses(*AUTH, 404, 413, 422, 503, notes=UNKNOWN_WORKFLOW),
+    responses=error_responses(*AUTH, 400, 404, 413, 422, 503, notes=UNKNOWN_WORKFLOW),
 )
 def request_execution(
     workflow_id: WorkflowId, response: Response, request: Annotated[ExecutionRequest, Body()]
