@@ -36,9 +36,9 @@ METRICS_PATH = "/metrics"
 #: Where the docs pages' scripts and styles are served from (the app's own copy, see create_app).
 DOCS_ASSETS_PATH = "/docs-assets"
 
-#: Paths that need no API key: liveness, the OpenAPI docs and their assets, and the presigned file route
-#: (its signature is its authentication). AuthGate guards only the routes that declare a scope, so these are
-#: public by having none.
+#: Paths that need no API key: liveness, the OpenAPI docs and their assets (everything under
+#: DOCS_ASSETS_PATH), and the presigned file route (its signature is its authentication). AuthGate guards only
+#: the routes that declare a scope, so these are public by having none.
 PUBLIC_PATHS = frozenset(
     {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", DOCS_ASSETS_PATH}
 )
