@@ -21,6 +21,7 @@ import pytest
 
 from services.message_queue import MessageQueue
 from tests.api.conftest import READ_KEY, WRITE_KEY, ApiServer
+from tests.support.fleet import reset_process_clients
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 from workflows.samples import load_samples, sample_inputs
@@ -91,8 +92,22 @@ def poll(call: Callable[[], T], done: Callable[[T], bool], what: str, timeout: f
     return seen[0]
 
 
+@pytest.fixture
+def own_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A DATA_DIR of this test's own (the API in this process and the workers started after it): the store,
+    index and vectors it fills are neither seen by other tests nor holding theirs."""
+    saved = os.environ["DATA_DIR"]
+    os.environ["DATA_DIR"] = str(tmp_path / "data")
+    reset_process_clients()
+    try:
+        yield tmp_path / "data"
+    finally:
+        os.environ["DATA_DIR"] = saved
+        reset_process_clients()
+
+
 def test_a_generated_client_registers_executes_and_finds_a_workflow(
-    connect: Callable[..., Any], mq: MessageQueue, fleet: list[WorkerProcess]
+    own_data_dir: Path, connect: Callable[..., Any], mq: MessageQueue, fleet: list[WorkerProcess]
 ) -> None:
     models = import_module(f"{PACKAGE}.models")
     client = connect("AuthenticatedClient", token=WRITE_KEY)  # Authorization: Bearer <key>
@@ -168,6 +183,7 @@ def test_a_generated_client_registers_executes_and_finds_a_workflow(
     )
     assert isinstance(executions.results[0], models.ExecutionHit)
     assert executions.results[0].workflow_id == target.id
+    assert list(own_data_dir.rglob(f"*{queued.execution_id}*")), "the execution was stored elsewhere"
 
     # the documented errors arrive parsed as ErrorBody
     cancel = operation("executions", "cancel_execution").sync_detailed(
