@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
@@ -22,6 +24,7 @@ from api import errors
 from api.auth import AuthGate, Scope, parse_api_keys, required_scope
 from api.limits import BodySizeLimit
 from api.routes import executions, files, health, queues, search, workflows
+from api.schemas import BINARY, error_responses
 from config import Settings, get_settings
 from services import metrics
 from services.storage import presign_app
@@ -30,9 +33,15 @@ log = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
 
-#: Paths that need no API key: liveness, the OpenAPI docs, and the presigned file route (its signature is
-#: its authentication).
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: Where the docs pages' scripts and styles are served from (the app's own copy, see create_app).
+DOCS_ASSETS_PATH = "/docs-assets"
+
+#: Paths that need no API key: liveness, the OpenAPI docs and their assets (everything under
+#: DOCS_ASSETS_PATH), and the presigned file route (its signature is its authentication). AuthGate guards only
+#: the routes that declare a scope, so these are public by having none.
+PUBLIC_PATHS = frozenset(
+    {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", DOCS_ASSETS_PATH}
+)
 
 DESCRIPTION = """
 The workflow task system over HTTP: the Service Integration Guide's endpoints (`/upload`, `/download`,
@@ -40,7 +49,9 @@ The workflow task system over HTTP: the Service Integration Guide's endpoints (`
 
 Every route but `/health`, these docs and the presigned file route needs an API key (`X-API-Key: <key>` or
 `Authorization: Bearer <key>`) holding the route's scope: `read`, `write`, `enqueue` or `admin`.
-Errors are `{"error": {"type": ..., "message": ...}}`.
+
+Every error is `{"error": {"type": ..., "message": ...}}` (the `ErrorBody` schema); a 422 for a request
+that fails validation also lists each problem in `error.details`. A 503 carries `Retry-After`.
 """
 
 
@@ -65,12 +76,14 @@ class RouteInfo:
 
 def api_routes(app: FastAPI) -> list[RouteInfo]:
     """Every operation of ``app``'s API routes, included routers walked (tests iterate this so no route is
-    forgotten by the auth checks)."""
+    forgotten by the auth checks). The docs pages (routes left out of the OpenAPI document) are not listed."""
     found: list[RouteInfo] = []
 
     def walk(routes: Iterable[BaseRoute], prefix: str) -> None:
         for route in routes:
             if isinstance(route, APIRoute):
+                if not route.include_in_schema:
+                    continue
                 scope = required_scope(list(route.dependencies))
                 found.extend(RouteInfo(m, prefix + route.path, scope) for m in sorted(route.methods or ()))
                 continue
@@ -93,10 +106,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. ``settings`` (default: the process settings) gives the API keys, the body limit and
     the presigned route's prefix. Raises ConfigurationError when ``API_KEYS`` cannot be parsed."""
     settings = settings or get_settings()
-    app = FastAPI(
+    # fastapi-offline, not swagger-ui-bundle: it ships both Swagger UI and ReDoc (swagger-ui-bundle has no
+    # ReDoc) and serves them from the package at /docs and /redoc, so the pages render with no internet
+    # (FastAPI's own pages load both from a CDN).
+    app = FastAPIOffline(
         title="Workflow task system API",
         version="0.1.0",
         description=DESCRIPTION,
+        static_url=DOCS_ASSETS_PATH,
+        # Operation ids are the handlers' names (register_workflow, get_execution ...): the function names
+        # of a generated client.
+        generate_unique_id_function=operation_id,
     )
     app.state.api_keys = parse_api_keys(settings.api_keys.get_secret_value())
     errors.install(app)
@@ -106,7 +126,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workflows.router)
     app.include_router(executions.router)
     app.include_router(queues.router)
-    app.include_router(presign_app.router, prefix=presign_prefix(settings))
+    app.include_router(
+        presign_app.router,
+        prefix=presign_prefix(settings),
+        default_response_class=Response,  # bytes of any type, not JSON
+        responses={
+            200: {"content": {"application/octet-stream": BINARY}, "description": "the object's bytes"},
+            **error_responses(
+                403, 404, 422,
+                notes={403: "the signature does not match or the URL has expired", 404: "no such object"},
+            ),
+        },
+    )  # fmt: skip
     # The fleet's Prometheus metrics (services.metrics), behind the read scope: a scraper sends the key as
     # a bearer token. Served at /metrics exactly (a mount would answer /metrics with a redirect).
     metrics_endpoint = AsgiEndpoint(metrics.make_asgi_app())
@@ -116,6 +147,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(AuthGate, rules=auth_rules(app), keys=app.state.api_keys)
     return app
+
+
+def operation_id(route: APIRoute) -> str:
+    """The OpenAPI operation id of ``route``: its handler's name (unique across the app's routes)."""
+    return route.name
 
 
 def auth_rules(app: FastAPI) -> list[tuple[str, re.Pattern[str], Scope]]:

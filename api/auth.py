@@ -26,6 +26,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
+from api.errors import error_body
 from services.errors import ConfigurationError
 
 HTTP_ERROR_TYPES = {401: "Unauthorized", 403: "Forbidden"}
@@ -173,7 +174,7 @@ class AuthGate:
                 try:
                     authorize(self.keys, presented_key(headers), required)
                 except HTTPException as exc:
-                    body = {"error": {"type": HTTP_ERROR_TYPES[exc.status_code], "message": exc.detail}}
+                    body = error_body(HTTP_ERROR_TYPES[exc.status_code], exc.detail)
                     response = JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
                     await response(scope, receive, send)
                     return

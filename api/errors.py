@@ -1,9 +1,11 @@
-"""Errors as JSON: every error response is ``{"error": {"type": ..., "message": ...}}``.
+"""Errors as JSON: every error response is ``{"error": {"type": ..., "message": ...}}`` (:class:`ErrorBody`,
+built by :func:`error_body`; the auth gate and the body size limit answer with it too).
 
 Our error tree maps onto statuses (InvalidInput 422, NotFound 404, BackendUnavailable 503 with
 ``Retry-After``, ConfigurationError 500 with a safe message: the details go to the log, not to the client).
 FastAPI's own validation errors and HTTP errors (401, 403, 404 of an unknown route, 405 ...) get the same
-shape; anything else is a 500 that says only that it happened.
+shape (a 422 of request validation lists each problem in ``details``); anything else is a 500 that says only
+that it happened.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import (
@@ -46,16 +49,49 @@ HTTP_TYPES = {
 }
 
 
-def error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The JSON body of every error response."""
-    return {"error": {"type": error_type, "message": message, **extra}}
+class Problem(BaseModel):
+    """One thing wrong with a request (422 of request validation)."""
+
+    location: str = Field(description="where: body.priority, query.limit, path.workflow_id ...")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    type: str = Field(
+        description="the kind of error: Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, "
+        "InvalidInput, BackendUnavailable (or another transient error's name) ..."
+    )
+    message: str = Field(description="what is wrong, for a person")
+    details: list[Problem] | None = Field(
+        None, description="each problem of a request that failed validation (422 only; left out otherwise)"
+    )
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+def error_body(error_type: str, message: str, details: list[Problem] | None = None) -> dict[str, Any]:
+    """The JSON body of every error response, as :class:`ErrorBody` declares it (``details`` left out
+    when None)."""
+    body = ErrorBody(error=ErrorDetail(type=error_type, message=message, details=details))
+    return body.model_dump(mode="json", exclude_none=True)
 
 
 def error_response(
-    status: int, error_type: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+    status: int,
+    error_type: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: list[Problem] | None = None,
 ) -> JSONResponse:
+    """A response with :func:`error_body` and ``status``."""
     return JSONResponse(
-        error_body(error_type, message, **extra), status_code=status, headers=dict(headers or {})
+        error_body(error_type, message, details), status_code=status, headers=dict(headers or {})
     )
 
 
@@ -94,10 +130,10 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"location": _location(e.get("loc", ())), "message": str(e.get("msg", "invalid"))}
+        Problem(location=_location(e.get("loc", ())), message=str(e.get("msg", "invalid")))
         for e in exc.errors()
     ]
-    message = "; ".join(f"{p['location']}: {p['message']}" for p in problems) or "invalid request"
+    message = "; ".join(f"{p.location}: {p.message}" for p in problems) or "invalid request"
     return error_response(422, "InvalidInput", message, details=problems)
 
 

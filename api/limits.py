@@ -12,15 +12,15 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_body
+
 
 class BodyTooLarge(Exception):
     """Raised into the app when a streamed body passes the limit."""
 
 
 def _response(limit: int) -> tuple[Message, Message]:
-    body = json.dumps(
-        {"error": {"type": "PayloadTooLarge", "message": f"request body is larger than {limit} bytes"}}
-    ).encode()
+    body = json.dumps(error_body("PayloadTooLarge", f"request body is larger than {limit} bytes")).encode()
     start: Message = {
         "type": "http.response.start",
         "status": 413,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root; for dev also the servers and tools the tests run: rabbitmq-server, prometheus), then .venv with
-# the project installed. Re-running it is cheap: it reinstalls only when pyproject.toml changed.
+# not root; for dev also the servers and tools the tests run: rabbitmq-server, prometheus, chromium), then
+# .venv with the project installed. Re-running it is cheap: it reinstalls only when pyproject.toml changed.
 # Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,9 @@ if [ "$profile" = dev ]; then
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
   # promtool checks the alert rules; a real Prometheus scrapes the deploy's targets.
   command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+  # The browser checks (tests/api/test_docs_pages.py, tests/test_flower.py) render the API docs and Flower
+  # in headless Chromium.
+  command -v chromium >/dev/null || missing+=(chromium)
 fi
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"

@@ -1,10 +1,12 @@
 """Flower as the run command starts it (``celery -A tasks.app flower`` with basic auth from
-``FLOWER_BASIC_AUTH``, ``--persistent=True --db=...``) against the session Redis and a real worker."""
+``FLOWER_BASIC_AUTH``, ``--persistent=True --db=...``) against the session Redis and a real worker; its task
+page as headless Chromium renders it."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
 from config import get_settings
 from services.message_queue import MessageQueue
+from tests.api.browser import rendered_dom
 from tests.support.servers import ManagedProcess, free_port, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess
 
@@ -158,3 +161,44 @@ def test_flower_config_file_takes_credentials_and_state_file_from_the_settings(t
         flower.stop()
     # Saved on shutdown where the settings say.
     assert list(settings.data_dir.glob("flower.db*"))
+
+
+def test_flowers_task_page_shows_a_task_the_test_ran_in_a_browser(
+    mq: MessageQueue, worker: WorkerProcess, start_flower: Callable[[], FlowerProcess], tmp_path: Path
+) -> None:
+    flower = start_flower()
+
+    def probe() -> str:
+        return mq.enqueue("indexing_tasks", {"action": "probe", "tag": uuid.uuid4().hex[:8], "value": 7})
+
+    # Flower answers before its event receiver is consuming, and the events sent until then are lost: a
+    # task can be missed, or recorded without its task-received event (the one naming it). Once a task
+    # shows up, events flow.
+    def events_flow() -> bool:
+        warm_up = probe()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if warm_up in tasks_listed(flower):
+                return True
+            time.sleep(0.2)
+        return False
+
+    wait_until(events_flow, timeout=90, interval=0, what="Flower to receive the worker's events")
+    message_id = probe()
+
+    def listed_done() -> bool:
+        task = tasks_listed(flower).get(message_id, {})
+        return task.get("name") == "testing.probe" and task.get("state") == "SUCCESS"
+
+    wait_until(listed_done, timeout=60, what="Flower to record the probe as succeeded")
+
+    # The task table is filled by the page's own script (DataTables asking /tasks/datatable).
+    dom = rendered_dom(f"http://{USER}:{PASSWORD}@127.0.0.1:{flower.port}/tasks", tmp_path)
+    start = dom.find(f'<tr id="{message_id}"')
+    assert start >= 0, f"task {message_id} is not a row of the task table:\n{dom[-3000:]}"
+    row = dom[start : dom.index("</tr>", start)]
+    assert ">testing.probe<" in row
+    assert ">SUCCESS<" in row
+    assert worker.nodename in row
+    # Without the login the page does not load at all.
+    assert rendered_dom(f"{flower.url}/tasks", tmp_path, must_load=False).strip() == ""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Path, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from api.auth import READ, WRITE
+from api.schemas import AUTH, BINARY, UploadedFile, error_responses
 from services.errors import InvalidInput
 from services.storage import get_storage_service
 from services.storage.local import LocalStorage
@@ -19,8 +20,15 @@ UPLOADS_BUCKET = "user-uploads"
 UPLOADS_PREFIX = "uploads/"
 
 
-@router.post("/upload", dependencies=[WRITE], status_code=201)
-def upload_file(file: Annotated[UploadFile, File(description="the file to store")]) -> dict[str, Any]:
+@router.post(
+    "/upload",
+    dependencies=[WRITE],
+    status_code=201,
+    responses=error_responses(
+        *AUTH, 400, 413, 422, 503, notes={422: "no file part, or a filename the store refuses"}
+    ),
+)
+def upload_file(file: Annotated[UploadFile, File(description="the file to store")]) -> UploadedFile:
     """Store the file as ``user-uploads/uploads/{filename}`` (replacing one of that name). Returns
     ``file_path``, a presigned ``download_url`` and the ``filename``. A filename the store refuses (``..``,
     a leading ``/``, control characters ...) answers 422."""
@@ -36,14 +44,17 @@ def upload_file(file: Annotated[UploadFile, File(description="the file to store"
         content_type=file.content_type,
     )
     download_url = storage.get_presigned_url(UPLOADS_BUCKET, object_name)
-    return {"file_path": file_path, "download_url": download_url, "filename": filename}
+    return UploadedFile(file_path=file_path, download_url=download_url, filename=filename)
 
 
 @router.get(
     "/download/{file_id:path}",
     dependencies=[READ],
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file's bytes"}},
+    responses={
+        200: {"content": {"application/octet-stream": BINARY}, "description": "the file's bytes"},
+        **error_responses(*AUTH, 404, 422, 503, notes={404: "no file of that name was uploaded"}),
+    },
 )
 def download_file(file_id: Annotated[str, Path(description="the filename given at upload")]) -> Response:
     """The bytes of an uploaded file, with the content type it was uploaded with; 404 when there is none."""

@@ -10,10 +10,24 @@ from pydantic import BaseModel, Field
 
 from api.auth import ADMIN_ONLY, ENQUEUE, READ
 from api.routes.tracking import mark_sent
+from api.schemas import (
+    AUTH,
+    DeadLetter,
+    DeadLetters,
+    MessageQueued,
+    MessagesQueued,
+    MessageStatus,
+    QueueDepth,
+    QueueDepths,
+    Replayed,
+    error_responses,
+)
 from config import QUEUES
 from services.message_queue import get_message_queue
 
 router = APIRouter(tags=["queues"])
+
+CONTRACT = {422: "the queue is unknown, or a payload breaks its contract (the field at fault is named)"}
 
 
 class EnqueueRequest(BaseModel):
@@ -25,12 +39,17 @@ class EnqueueRequest(BaseModel):
     ttl_seconds: float | None = Field(None, description="never run if not started within this many seconds")
 
 
-@router.post("/queues/{queue}/messages", dependencies=[ENQUEUE], status_code=202)
+@router.post(
+    "/queues/{queue}/messages",
+    dependencies=[ENQUEUE],
+    status_code=202,
+    responses=error_responses(*AUTH, 400, 413, 422, 503, notes=CONTRACT),
+)
 def enqueue(
     queue: Annotated[str, Path(max_length=100)],
     request: Annotated[EnqueueRequest, Body()],
     response: Response,
-) -> dict[str, Any]:
+) -> MessageQueued:
     """Validate the payload against the queue's contract and send it. 202 with its ``message_id``; 422
     naming the field at fault (nothing is sent)."""
     # Marked before it is sent, so a client polling at once never sees "unknown".
@@ -44,7 +63,7 @@ def enqueue(
         message_id=message_id,
     )
     response.headers["Location"] = f"/messages/{message_id}"
-    return {"message_id": message_id, "queue": queue, "status": "queued"}
+    return MessageQueued(message_id=message_id, queue=queue, status="queued")
 
 
 class BulkEnqueueRequest(BaseModel):
@@ -56,10 +75,15 @@ class BulkEnqueueRequest(BaseModel):
     ttl_seconds: float | None = Field(None, description="never run if not started within this many seconds")
 
 
-@router.post("/queues/{queue}/messages/bulk", dependencies=[ENQUEUE], status_code=202)
+@router.post(
+    "/queues/{queue}/messages/bulk",
+    dependencies=[ENQUEUE],
+    status_code=202,
+    responses=error_responses(*AUTH, 400, 413, 422, 503, notes=CONTRACT),
+)
 def enqueue_bulk(
     queue: Annotated[str, Path(max_length=100)], request: Annotated[BulkEnqueueRequest, Body()]
-) -> dict[str, Any]:
+) -> MessagesQueued:
     """Validate every payload, then send them all in as few broker round trips as possible
     (``enqueue_many``). 202 with one ``message_id`` per payload, in order; 422 naming the index and field of
     the first bad payload (nothing is sent)."""
@@ -70,41 +94,57 @@ def enqueue_bulk(
         delay_seconds=request.delay_seconds,
         ttl_seconds=request.ttl_seconds,
     )
-    return {"message_ids": message_ids, "queue": queue, "count": len(message_ids), "status": "queued"}
+    return MessagesQueued(message_ids=message_ids, queue=queue, count=len(message_ids), status="queued")
 
 
-@router.get("/messages/{message_id}", dependencies=[READ])
-def message_status(message_id: Annotated[str, Path(max_length=200)]) -> dict[str, Any]:
+@router.get(
+    "/messages/{message_id}",
+    dependencies=[READ],
+    response_model_exclude_unset=True,  # a bulk item's status has fewer keys than a task's
+    responses=error_responses(*AUTH, 422, 503),
+)
+def message_status(message_id: Annotated[str, Path(max_length=200)]) -> MessageStatus:
     """Where a message is: ``state`` (PENDING, STARTED, RETRY, SUCCESS, FAILURE, EXPIRED, REVOKED,
     DEAD_LETTERED), ``result`` or ``error``, ``attempts``. PENDING means queued, delayed or unknown."""
-    return get_message_queue().get_status(message_id)
+    return MessageStatus.model_validate(get_message_queue().get_status(message_id))
 
 
-@router.get("/queues", dependencies=[READ])
-def queue_depths() -> dict[str, Any]:
+@router.get("/queues", dependencies=[READ], responses=error_responses(*AUTH, 503))
+def queue_depths() -> QueueDepths:
     """Messages waiting and dead-lettered, for every queue."""
     mq = get_message_queue()
-    return {"queues": [mq.queue_stats(name) for name in QUEUES]}
+    return QueueDepths(queues=[QueueDepth.model_validate(mq.queue_stats(name)) for name in QUEUES])
 
 
-@router.get("/dead-letters", dependencies=[ADMIN_ONLY])
+@router.get(
+    "/dead-letters",
+    dependencies=[ADMIN_ONLY],
+    response_model_exclude_unset=True,  # each record as it was dead-lettered
+    responses=error_responses(
+        *AUTH, 422, 503, notes={422: "an unknown queue, or a limit or offset out of range"}
+    ),
+)
 def dead_letters(
     queue: Annotated[str | None, Query(max_length=100, description="only those from this queue")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> dict[str, Any]:
+) -> DeadLetters:
     """Dead letters, newest first: the original message, the error, the attempts and the times."""
     records = get_message_queue().list_dead_letters(queue=queue, limit=limit, offset=offset)
-    return {"total": len(records), "dead_letters": records}
+    letters = [DeadLetter.model_validate(record) for record in records]
+    return DeadLetters(total=len(letters), dead_letters=letters)
 
 
-@router.post("/dead-letters/{message_id}/replay", dependencies=[ADMIN_ONLY], status_code=202)
-def replay_dead_letter(
-    message_id: Annotated[str, Path(max_length=200)], response: Response
-) -> dict[str, Any]:
+@router.post(
+    "/dead-letters/{message_id}/replay",
+    dependencies=[ADMIN_ONLY],
+    status_code=202,
+    responses=error_responses(*AUTH, 404, 422, 503, notes={404: "no dead letter of that id"}),
+)
+def replay_dead_letter(message_id: Annotated[str, Path(max_length=200)], response: Response) -> Replayed:
     """Send the dead letter's original message again to its queue, as a new message. 202 with the new
     ``message_id``; 404 when there is no such dead letter."""
     new_id = get_message_queue().replay_dead_letter(message_id)
     mark_sent(new_id)
     response.headers["Location"] = f"/messages/{new_id}"
-    return {"message_id": new_id, "replayed": message_id}
+    return Replayed(message_id=new_id, replayed=message_id)

@@ -10,6 +10,17 @@ from pydantic import BaseModel, Field
 
 from api.auth import READ, WRITE
 from api.routes.tracking import mark_sent
+from api.schemas import (
+    AUTH,
+    ExecutionQueued,
+    SimilarWorkflow,
+    SimilarWorkflows,
+    WorkflowDocument,
+    WorkflowList,
+    WorkflowRegistered,
+    WorkflowStats,
+    error_responses,
+)
 from services.analytics import get_workflow_stats
 from services.errors import NotFound
 from workflows.model import ID_PATTERN
@@ -19,6 +30,8 @@ from workflows.repository import WorkflowRepository
 router = APIRouter(tags=["workflows"])
 
 WorkflowId = Annotated[str, Path(pattern=ID_PATTERN, description="the workflow's id")]
+
+UNKNOWN_WORKFLOW = {404: "no workflow of that id is registered"}
 
 
 class ExecutionRequest(BaseModel):
@@ -32,7 +45,14 @@ class ExecutionRequest(BaseModel):
     )
 
 
-@router.post("/workflows", dependencies=[WRITE], status_code=201)
+@router.post(
+    "/workflows",
+    dependencies=[WRITE],
+    status_code=201,
+    responses=error_responses(
+        *AUTH, 400, 413, 422, 503, notes={422: "the workflow is invalid (the field or node at fault)"}
+    ),
+)
 def register_workflow(
     response: Response,
     workflow: Annotated[
@@ -47,34 +67,52 @@ def register_workflow(
             ],
         ),
     ],
-) -> dict[str, Any]:
+) -> WorkflowRegistered:
     """Validate and store a workflow, then index and embed it (asynchronously). 201 with its id; 422 naming
     the field or node at fault, with nothing stored."""
-    result = Pipelines().register_workflow(workflow)
-    response.headers["Location"] = f"/workflows/{result['workflow_id']}"
+    result = WorkflowRegistered.model_validate(Pipelines().register_workflow(workflow))
+    response.headers["Location"] = f"/workflows/{result.workflow_id}"
     return result
 
 
-@router.get("/workflows", dependencies=[READ])
+# Workflows are answered as the queues carry them (workflow_document): an edge's unset branch is left out.
+@router.get(
+    "/workflows",
+    dependencies=[READ],
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTH, 422, 503),
+)
 def list_workflows(
     limit: Annotated[int, Query(ge=1, le=500)] = 100, offset: Annotated[int, Query(ge=0)] = 0
-) -> dict[str, Any]:
+) -> WorkflowList:
     """Stored workflows, ordered by id."""
     workflows = WorkflowRepository().list_workflows()
     page = workflows[offset : offset + limit]
-    return {"total": len(workflows), "workflows": [workflow_document(w) for w in page]}
+    return WorkflowList(
+        total=len(workflows), workflows=[WorkflowDocument.model_validate(workflow_document(w)) for w in page]
+    )
 
 
-@router.get("/workflows/{workflow_id}", dependencies=[READ])
-def get_workflow(workflow_id: WorkflowId) -> dict[str, Any]:
+@router.get(
+    "/workflows/{workflow_id}",
+    dependencies=[READ],
+    response_model_exclude_none=True,
+    responses=error_responses(*AUTH, 404, 422, 503, notes=UNKNOWN_WORKFLOW),
+)
+def get_workflow(workflow_id: WorkflowId) -> WorkflowDocument:
     """The stored workflow; 404 when there is none."""
-    return workflow_document(WorkflowRepository().get_workflow(workflow_id))
+    return WorkflowDocument.model_validate(workflow_document(WorkflowRepository().get_workflow(workflow_id)))
 
 
-@router.post("/workflows/{workflow_id}/executions", dependencies=[WRITE], status_code=202)
+@router.post(
+    "/workflows/{workflow_id}/executions",
+    dependencies=[WRITE],
+    status_code=202,
+    responses=error_responses(*AUTH, 400, 404, 413, 422, 503, notes=UNKNOWN_WORKFLOW),
+)
 def request_execution(
     workflow_id: WorkflowId, response: Response, request: Annotated[ExecutionRequest, Body()]
-) -> dict[str, Any]:
+) -> ExecutionQueued:
     """Queue an execution. 202 with its ``execution_id`` (poll ``GET /executions/{id}``); 404 for an
     unknown workflow; 422 for a bad priority, delay or ttl."""
     # Marked before it is sent, so a client polling at once never sees "unknown".
@@ -88,27 +126,35 @@ def request_execution(
         execution_id=execution_id,
     )
     response.headers["Location"] = f"/executions/{execution_id}"
-    return {"execution_id": execution_id, "workflow_id": workflow_id, "status": "queued"}
+    return ExecutionQueued(execution_id=execution_id, workflow_id=workflow_id, status="queued")
 
 
-@router.get("/workflows/{workflow_id}/similar", dependencies=[READ])
+@router.get(
+    "/workflows/{workflow_id}/similar",
+    dependencies=[READ],
+    responses=error_responses(*AUTH, 404, 422, 503, notes=UNKNOWN_WORKFLOW),
+)
 def similar_workflows(
     workflow_id: WorkflowId,
     limit: Annotated[int, Query(ge=1, le=50)] = 5,
     min_score: Annotated[float, Query(ge=0, le=1)] = 0.5,
-) -> dict[str, Any]:
+) -> SimilarWorkflows:
     """Workflows whose meaning is close to this one's (the guide's WorkflowSearchService), itself excluded."""
     workflow = WorkflowRepository().get_workflow(workflow_id)
     found = WorkflowSearchService().find_similar_workflows(
         workflow.searchable_text(), limit=limit + 1, score_threshold=min_score
     )
-    results = [r for r in found if r["workflow_id"] != workflow_id][:limit]
-    return {"workflow_id": workflow_id, "total": len(results), "results": results}
+    results = [SimilarWorkflow.model_validate(r) for r in found if r["workflow_id"] != workflow_id][:limit]
+    return SimilarWorkflows(workflow_id=workflow_id, total=len(results), results=results)
 
 
-@router.get("/workflows/{workflow_id}/stats", dependencies=[READ])
-def workflow_stats(workflow_id: WorkflowId) -> dict[str, Any]:
+@router.get(
+    "/workflows/{workflow_id}/stats",
+    dependencies=[READ],
+    responses=error_responses(*AUTH, 404, 422, 503, notes=UNKNOWN_WORKFLOW),
+)
+def workflow_stats(workflow_id: WorkflowId) -> WorkflowStats:
     """Runs by status, success rate, duration p50/p95 and the last run; 404 for an unknown workflow."""
     if not WorkflowRepository().workflow_exists(workflow_id):
         raise NotFound(f"workflow {workflow_id!r} not found")
-    return get_workflow_stats(workflow_id)
+    return WorkflowStats.model_validate(get_workflow_stats(workflow_id))

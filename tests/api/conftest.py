@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,11 +17,13 @@ from fastapi import FastAPI
 import tests.support.tasks  # noqa: F401 - registers the probe action for the API's producer
 from api.app import create_app
 from config import reload_settings
-from services.message_queue import MessageQueue
+from services.cache import reset_cache
+from services.message_queue import MessageQueue, reset_message_queue
+from services.redis_client import reset_redis
 from services.storage import reset_storage_service
 from tests.support.fleet import reset_process_clients
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, NanioServer, nanio_server
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import RedisServer, free_port, wait_until
 
 ADMIN_KEY = "test-admin-key"  # from TEST_ENV in tests/conftest.py
 READ_KEY = "test-read-key"
@@ -104,3 +107,26 @@ def minio_backend(request: pytest.FixtureRequest, mq: MessageQueue) -> Iterator[
                 os.environ[name] = value
         reload_settings()
         reset_storage_service()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A broker of this test's own (stopped by the test), made the process's REDIS_URL for its duration (the
+    API served by ``api_server`` runs in this process, so it uses this broker too)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    saved = os.environ["REDIS_URL"]
+    os.environ["REDIS_URL"] = server.url
+    reload_settings()
+    reset_message_queue()
+    reset_redis()
+    reset_cache()
+    try:
+        yield server
+    finally:
+        server.stop()
+        os.environ["REDIS_URL"] = saved
+        reload_settings()
+        reset_message_queue()
+        reset_redis()
+        reset_cache()

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
-import pytest
 
-from config import reload_settings
-from services.cache import reset_cache
 from services.health import HealthService, overall_status, run_check
-from services.message_queue import reset_message_queue
-from services.redis_client import reset_redis
 from tests.api.conftest import ApiServer
 from tests.support.servers import RedisServer
 
@@ -63,28 +56,6 @@ def test_a_hung_or_failing_check_is_reported_not_raised() -> None:
     }
     assert report["timestamp"]
     assert run_check(lambda: {"status": "green"}, 1)["status"] == "unhealthy"
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
-    """A broker of this test's own (stopped by the test), made the process's REDIS_URL for its duration."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    saved = os.environ["REDIS_URL"]
-    os.environ["REDIS_URL"] = server.url
-    reload_settings()
-    reset_message_queue()
-    reset_redis()
-    reset_cache()
-    try:
-        yield server
-    finally:
-        server.stop()
-        os.environ["REDIS_URL"] = saved
-        reload_settings()
-        reset_message_queue()
-        reset_redis()
-        reset_cache()
 
 
 def test_no_worker_is_degraded_and_a_stopped_broker_is_unhealthy(own_broker: RedisServer) -> None:
