@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root; for dev also rabbitmq-server), then .venv with the project installed. Re-running it is cheap:
+# not root; for dev also rabbitmq-server, nodejs and npm), then .venv with the project installed. Re-running it is cheap:
 # it reinstalls only when pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,9 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "$profile" = dev ]; then
   # The reliability suite runs on RabbitMQ as well as Redis, on a private node it starts itself.
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+  # A producer in another language: celery-node, installed by the tests from tests/support/celery_node.
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
 fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
