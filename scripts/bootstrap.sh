@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root; for dev also rabbitmq-server, nodejs and npm), then .venv with the project installed. Re-running it is cheap:
-# it reinstalls only when pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
+# not root; for dev also rabbitmq-server, nodejs and npm), then .venv with the project installed.
+# Re-running it is cheap: it reinstalls only when pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
