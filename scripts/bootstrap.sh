@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what is missing on a fresh Debian machine: redis-server and python3-venv from apt (with sudo when
-# not root; for dev also the servers and tools the tests run: rabbitmq-server, prometheus, chromium), then
-# .venv with the project installed. Re-running it is cheap: it reinstalls only when pyproject.toml changed.
-# Usage: scripts/bootstrap.sh [runtime|dev]
+# not root; for dev also the servers and tools the tests run: rabbitmq-server, prometheus, chromium, nodejs
+# and npm), then .venv with the project installed. Re-running it is cheap: it reinstalls only when
+# pyproject.toml changed.   Usage: scripts/bootstrap.sh [runtime|dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
@@ -24,6 +24,9 @@ if [ "$profile" = dev ]; then
   # The browser checks (tests/api/test_docs_pages.py, tests/test_flower.py) render the API docs and Flower
   # in headless Chromium.
   command -v chromium >/dev/null || missing+=(chromium)
+  # A producer in another language: celery-node, installed by the tests from tests/support/celery_node.
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
 fi
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"

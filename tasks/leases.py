@@ -20,18 +20,19 @@ long task in a solo or threads pool cannot hold it up). Every ``WORKER_LOST_AFTE
    -> expiry, in the Redis server's clock, ``4/5 WORKER_LOST_AFTER`` ahead) and ``wft:lease:<id>`` (set:
    the delivery tags the worker's consumer holds, read from kombu's own QoS state, which counts messages
    waiting for their countdown as well as running ones);
-2. looks for lost messages: a tag in ``unacked_index`` given out longer than a lease lasts ago, on one of
-   the fleet's queues, that no live lease claims. A live worker claims each message at its next renewal,
-   so an older message that no live lease claims was held by a worker whose lease ran out. Each lost
-   message goes back to the head of its queue with kombu's ``QoS.restore_by_tag`` (one transaction: of two
-   workers restoring the same tag, only one puts it back), marked redelivered; the base task counts the
-   new delivery as it counts any other, so a message that kills every worker still ends in ``dead_letter``.
+2. looks for lost messages on the fleet's queues that no live lease claims: those a lease that ran out
+   had claimed, and any tag in ``unacked_index`` given out longer than a lease lasts ago (a live worker
+   claims each message at its next renewal, so such a message was given to a worker that died before it
+   could claim it). Each lost message goes back to the head of its queue with kombu's
+   ``QoS.restore_by_tag`` (one transaction: of two workers restoring the same tag, only one puts it back),
+   marked redelivered; the base task counts the new delivery as it counts any other, so a message that
+   kills every worker still ends in ``dead_letter``.
 
-A worker killed at time *t* renewed last at most one interval before; its lease ran out by ``t + 4/5``,
-and the next sweep of any live worker (one interval later at most) restores its messages: by
-``t + WORKER_LOST_AFTER``. A worker that starts sweeps at once, so a fleet that lost every worker recovers
-as soon as one comes back. Kombu's visibility timeout stays as the last resort: it restores anything left
-unacknowledged for that long, whoever holds it.
+A worker killed at time *t* renewed last at most one interval before; its lease ran out by
+``t + 4/5 WORKER_LOST_AFTER``, and the next sweep of any live worker (one interval later at most) restores
+its messages: by ``t + WORKER_LOST_AFTER``. A worker that starts sweeps at once, so a fleet that lost every
+worker recovers as soon as one comes back. Kombu's visibility timeout stays as the last resort: it restores
+anything left unacknowledged for that long, whoever holds it.
 
 The only state is kombu's (``unacked``, ``unacked_index``) and two keys per worker; no queue of our own.
 It assumes that every worker consuming the fleet's queues runs this bootstep (every ``tasks.app`` worker
@@ -65,28 +66,42 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
-local ceiling = now - tonumber(ARGV[2])
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ceiling, 'LIMIT', 0, tonumber(ARGV[3]))
-if #old == 0 then return {{}, expired} end
 local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf')
-local lost = {}
-for _, tag in ipairs(old) do
-  local claimed = false
+local function claimed(tag)
   for _, id in ipairs(live) do
-    if redis.call('SISMEMBER', ARGV[1] .. id, tag) == 1 then claimed = true break end
+    if redis.call('SISMEMBER', ARGV[1] .. id, tag) == 1 then return true end
   end
-  if not claimed then
-    -- kombu stores [message, exchange, routing_key] as JSON: only the fleet's own queues are touched.
-    local raw = redis.call('HGET', KEYS[2], tag)
-    if raw then
-      for i = 4, #ARGV do
-        local tail = '"' .. ARGV[i] .. '"]'
-        if string.sub(raw, -#tail) == tail then lost[#lost + 1] = tag break end
-      end
-    else
-      redis.call('ZREM', KEYS[1], tag)  -- acknowledged between kombu's two writes: nothing to restore
-    end
+  return false
+end
+local function ours(tag)
+  -- kombu stores [message, exchange, routing_key] as JSON: only the fleet's own queues are touched.
+  local raw = redis.call('HGET', KEYS[2], tag)
+  if not raw then
+    redis.call('ZREM', KEYS[1], tag)  -- acknowledged meanwhile, or a stale index entry: nothing to restore
+    return false
   end
+  for i = 4, #ARGV do
+    local tail = '"' .. ARGV[i] .. '"]'
+    if string.sub(raw, -#tail) == tail then return true end
+  end
+  return false
+end
+local lost, seen = {}, {}
+local function consider(tag)
+  if not seen[tag] then
+    seen[tag] = true
+    if not claimed(tag) and ours(tag) then lost[#lost + 1] = tag end
+  end
+end
+-- What the leases that just ran out had claimed: at once.
+for _, id in ipairs(expired) do
+  for _, tag in ipairs(redis.call('SMEMBERS', ARGV[1] .. id)) do consider(tag) end
+  redis.call('DEL', ARGV[1] .. id)
+end
+-- Given out longer than a lease ago and claimed by no live lease: its worker died before claiming it.
+local ceiling = now - tonumber(ARGV[2])
+for _, tag in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ceiling, 'LIMIT', 0, tonumber(ARGV[3]))) do
+  consider(tag)
 end
 return {lost, expired}
 """

@@ -8,6 +8,7 @@ executions every way there is and count, from the fleet's own task counters, how
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,36 @@ def follow_up_runs(client: redis.Redis) -> dict[str, int]:
     return {name: int(counts.get(f"{name}|success".encode(), 0)) for name in EXECUTION_FOLLOW_UP}
 
 
+NODE_PRODUCER = Path(__file__).resolve().parents[1] / "support" / "celery_node"
+
+
+@pytest.fixture(scope="session")
+def celery_node(session_root: Path) -> Path:
+    """A JavaScript producer with celery-node installed from its lock file, in the session's directory."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise RuntimeError(
+            "node and npm are needed: run `scripts/bootstrap.sh dev` (it installs them with apt)"
+        )
+    target = session_root / "celery-node"
+    shutil.copytree(NODE_PRODUCER, target)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    return target
+
+
+def send_from_celery_node(producer: Path, payloads: list[dict[str, object]]) -> list[str]:
+    """Send executions from JavaScript with celery-node; it returns once their results are in."""
+    settings = get_settings()
+    done = subprocess.run(
+        ["node", "producer.js", settings.effective_broker_url, settings.effective_result_backend,
+         json.dumps(payloads)],
+        cwd=producer, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout))
+
+
 @pytest.fixture
 def pipelines(mq: MessageQueue) -> Pipelines:
     reset_search_service()
@@ -131,7 +162,7 @@ def assert_whole_pipeline_once(workflow_id: str, execution_ids: list[str], clien
 
 def test_every_producer_gets_the_whole_pipeline_exactly_once(
     pipelines: Pipelines, mq: MessageQueue, fleet: list[WorkerProcess], redis_client: redis.Redis,
-    tmp_path: Path,
+    tmp_path: Path, celery_node: Path,
 ) -> None:  # fmt: skip
     workflow_id = register(pipelines)
     payload = {"workflow_id": workflow_id, "input_data": {"name": "Ada"}}
@@ -140,6 +171,7 @@ def test_every_producer_gets_the_whole_pipeline_exactly_once(
         pipelines.request_execution(workflow_id, {"name": "Grace"}),  # Pipelines
         *mq.enqueue_many("workflow_execution", [payload, payload]),  # high volume
         *send_from_plain_celery(tmp_path, [payload, payload]),  # another codebase, by task name only
+        *send_from_celery_node(celery_node, [payload]),  # another language
     ]
     # An older producer that composed the pipeline itself: the worker does not add it a second time.
     composed = str(uuid.uuid4())
