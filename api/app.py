@@ -16,18 +16,18 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from prometheus_client import make_asgi_app
 from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
-from api import errors
+from api import errors, presign
 from api.auth import AuthGate, Scope, parse_api_keys, required_scope
 from api.limits import BodySizeLimit
 from api.routes import executions, files, health, queues, search, workflows
 from api.schemas import BINARY, error_responses
 from config import Settings, get_settings
 from services import metrics
-from services.storage import presign_app
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(executions.router)
     app.include_router(queues.router)
     app.include_router(
-        presign_app.router,
+        presign.router,
         prefix=presign_prefix(settings),
         default_response_class=Response,  # bytes of any type, not JSON
         responses={
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )  # fmt: skip
     # The fleet's Prometheus metrics (services.metrics), behind the read scope: a scraper sends the key as
     # a bearer token. Served at /metrics exactly (a mount would answer /metrics with a redirect).
-    metrics_endpoint = AsgiEndpoint(metrics.make_asgi_app())
+    metrics_endpoint = AsgiEndpoint(make_asgi_app(registry=metrics.fleet_registry()))
     # Starlette runs a non-function endpoint as an ASGI app, but its hint names request handlers only.
     app.add_route(METRICS_PATH, metrics_endpoint, methods=["GET"], include_in_schema=False)  # type: ignore[arg-type]
     # The last middleware added runs first: the key is checked, then the size, then the body is read.

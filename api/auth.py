@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from api.errors import error_body
-from services.errors import ConfigurationError
+from fabric.errors import ConfigurationError
 
 HTTP_ERROR_TYPES = {401: "Unauthorized", 403: "Forbidden"}
 

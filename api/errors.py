@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.errors import (
+from fabric.errors import (
     AppError,
     BackendUnavailable,
     ConfigurationError,

@@ -28,11 +28,11 @@ class Rates:
 def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
     from celery import Celery
 
-    import celeryconfig
     from bench import fabric_tasks as ft
     from config import get_settings
-    from services.message_queue import MessageQueue
-    from services.redis_client import get_redis
+    from fabric import celery_config
+    from fabric.producer import MessageQueue
+    from fabric.redis_clients import get_redis
 
     client = get_redis(redis_url)
     client.flushdb()
@@ -40,7 +40,7 @@ def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
     if kind == "bare":
         # Stock Celery, configured like ours, sending by name.
         app = Celery("bare-producer", set_as_current=False)
-        app.conf.update(celeryconfig.build(get_settings()))
+        app.conf.update(celery_config.build(get_settings()))
         started = time.perf_counter()
         for _ in range(n):
             app.send_task("bench.bare_noop", queue="analytics_tasks", routing_key="analytics_tasks")

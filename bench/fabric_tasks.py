@@ -10,10 +10,10 @@ from typing import Any, Literal
 
 from celery import Celery
 
-import celeryconfig
 from config import get_settings
-from services.messages import Payload, register_action
-from services.redis_client import get_redis
+from fabric import celery_config
+from fabric.contracts import Payload, register_action
+from fabric.redis_clients import get_redis
 from tasks.app import app
 from tasks.base import BaseTask
 
@@ -23,7 +23,7 @@ LAST = "bench:fabric:last"
 TARGET = "bench:fabric:target"
 
 bare = Celery("bare", set_as_current=False)
-bare.conf.update(celeryconfig.build(get_settings()))
+bare.conf.update(celery_config.build(get_settings()))
 
 
 class Noop(Payload):

@@ -57,16 +57,16 @@ def _docs(n: int, offset: int = 0, ordered: bool = True) -> list[dict[str, Any]]
 def _bare_drain(n: int, workdir: Path, redis_url: str) -> float:
     from celery import Celery
 
-    import celeryconfig
     from bench import fabric_tasks as ft
     from config import get_settings
-    from services.redis_client import get_redis
+    from fabric import celery_config
+    from fabric.redis_clients import get_redis
 
     client = get_redis(redis_url)
     client.delete(ft.DONE, ft.FIRST, ft.LAST)
     client.set(ft.TARGET, n)
     app = Celery("bare-producer", set_as_current=False)
-    app.conf.update(celeryconfig.build(get_settings()))
+    app.conf.update(celery_config.build(get_settings()))
     for _ in range(n):
         app.send_task("bench.bare_noop", queue="analytics_tasks", routing_key="analytics_tasks")
     app.close()
@@ -85,7 +85,7 @@ def _bare_drain(n: int, workdir: Path, redis_url: str) -> float:
 
 
 def _ours(n: int, workdir: Path, redis_url: str, ordered: bool = True) -> dict[str, float]:
-    from services.message_queue import MessageQueue
+    from fabric.producer import MessageQueue
     from services.search.sqlite import SqliteSearchService
 
     data_dir = workdir / ("data" if ordered else "data-unordered")
@@ -115,7 +115,7 @@ def _ours(n: int, workdir: Path, redis_url: str, ordered: bool = True) -> dict[s
 
 def _enqueue_alone(n: int) -> float:
     """``enqueue_many`` alone, from one producer, into a queue nobody consumes: messages/s."""
-    from services.message_queue import MessageQueue
+    from fabric.producer import MessageQueue
 
     mq = MessageQueue()
     more = _docs(n, offset=n)
@@ -139,9 +139,9 @@ def _profiles(n: int) -> dict[str, str]:
     record statuses) against the embedded search."""
     from types import SimpleNamespace
 
-    from services.envelopes import pack_items, unpack_items
-    from services.message_queue import MessageQueue
-    from services.messages import validate
+    from fabric.contracts import validate
+    from fabric.envelopes import pack_items, unpack_items
+    from fabric.producer import MessageQueue
     from services.search import reset_search_service
     from tasks.bulk import process_envelope
 

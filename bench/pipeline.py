@@ -99,7 +99,7 @@ def measure_bare(n: int, workdir: Path, redis_url: str) -> Rate:
     from celery import chain, group
 
     from bench import pipeline_tasks as pt
-    from services.redis_client import get_redis
+    from fabric.redis_clients import get_redis
 
     client = get_redis(redis_url)
     client.delete(pt.DONE, pt.FIRST, pt.LAST)
@@ -132,8 +132,8 @@ def measure_bare(n: int, workdir: Path, redis_url: str) -> Rate:
 
 
 def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
+    from fabric.producer import get_message_queue
     from services.analytics import get_workflow_stats
-    from services.message_queue import get_message_queue
     from services.search import get_search_service
     from tasks.batching import batch_stats, reset_batch_stats
     from workflows.pipelines import Pipelines
@@ -171,7 +171,7 @@ def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
 
 
 def measure_indexing(mode: str, m: int, workdir: Path, redis_url: str) -> Rate:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
     from services.search import get_search_service
     from tasks.batching import batch_stats, reset_batch_stats
 

@@ -8,16 +8,16 @@ from typing import Any
 
 from celery import Celery
 
-import celeryconfig
 from config import get_settings
-from services.redis_client import get_redis
+from fabric import celery_config
+from fabric.redis_clients import get_redis
 
 DONE = "bench:pipeline:bare:done"
 FIRST = "bench:pipeline:bare:first"
 LAST = "bench:pipeline:bare:last"
 
 bare = Celery("bare-pipeline", set_as_current=False)
-bare.conf.update(celeryconfig.build(get_settings()))
+bare.conf.update(celery_config.build(get_settings()))
 
 
 @bare.task(name="bench.pipeline_head")

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from config.queues import QUEUES
+from fabric.producer import MessageQueue
 from services.analytics import get_workflow_stats
-from services.message_queue import MessageQueue
 from services.search import get_search_service
 from workflows.model import ExecutionRecord
 from workflows.pipelines import Pipelines, WorkflowSearchService

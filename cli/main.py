@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from config import QUEUES, get_settings
-from services.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+from fabric.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     of up to ``TASK_TIME_LIMIT`` + 30 s (running tasks finish); a second signal kills at once."""
     from cli.demo import run_demo
     from cli.processes import Child, StopRequested, stop_all, stop_on_signals
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     children: list[Child] = []
     out = sys.stdout
@@ -100,8 +100,8 @@ def _start_services(args: argparse.Namespace, children: list[Any], out: Any) -> 
 
     out.write(f"==> starting a Celery worker for all queues ({', '.join(QUEUES)})\n")
     worker = start(Child("worker", celery_argv(*worker_args), log_dir))
-    # The schedule and its last run times live in Redis (celery-redbeat, see celeryconfig.beat), shared
-    # with any other beat on the same Redis: one of them sends at a time.
+    # The schedule and its last run times live in Redis (celery-redbeat, see fabric.celery_config.beat),
+    # shared with any other beat on the same Redis: one of them sends at a time.
     out.write("==> starting Celery beat (periodic maintenance)\n")
     start(Child("beat", celery_argv("beat", "-l", "INFO"), log_dir))
     if not args.no_api:
@@ -145,14 +145,14 @@ def _wait_for_worker(app: Celery, hostname: str, worker: Any, timeout: float = 6
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     run_demo(get_message_queue(), sys.stdout, timeout=args.timeout)
     return EXIT_OK
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     try:
         payload = json.loads(args.payload)
@@ -166,14 +166,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     _print_json(get_message_queue().get_status(args.message_id))
     return EXIT_OK
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     queue = get_message_queue()
     if args.dlq_command == "list":
@@ -189,7 +189,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     queue = get_message_queue()
     health = queue.health_check()

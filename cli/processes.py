@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from services.errors import ConfigurationError
+from fabric.errors import ConfigurationError
 
 #: Flower's configuration: the file every deployment loads (credentials, state file and save interval,
 #: purge of offline workers from the settings).

@@ -13,10 +13,11 @@ from typing import Any, cast
 
 import redis
 
-from services.errors import BackendUnavailable, InvalidInput
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import BackendUnavailable, InvalidInput
+from fabric.redis_clients import get_redis
 
-PREFIX = "wft:stats:"
+PREFIX = keys.STATS
 STATUSES = ("completed", "failed", "cancelled")
 
 # KEYS: seen set, counters hash, durations zset. ARGV: execution id, status, duration ms ('' if none),

@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

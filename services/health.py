@@ -37,7 +37,7 @@ Check = Callable[[], Mapping[str, Any]]
 
 
 def _message_queue() -> Mapping[str, Any]:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     return get_message_queue().health_check()
 
@@ -74,7 +74,7 @@ def _cache() -> Mapping[str, Any]:
 
 def _workers(timeout: float) -> Check:
     def check() -> Mapping[str, Any]:
-        from services.message_queue import get_message_queue
+        from fabric.producer import get_message_queue
 
         replies = get_message_queue().app.control.ping(timeout=timeout) or []
         names = sorted(name for reply in replies for name in reply)
@@ -90,7 +90,7 @@ def _workers(timeout: float) -> Check:
 
 
 def _queues() -> Mapping[str, Any]:
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     queue = get_message_queue()
     depths = {}

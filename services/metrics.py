@@ -18,7 +18,7 @@ What is exported
 - ``wft_workflow_step_duration_seconds{workflow,step_type}``: histogram of the run times of the steps that
   ran (completed or failed; skipped and never-run steps are left out), retries of a step included.
 - ``wft_queue_depth{queue}`` and ``wft_queue_dead_lettered{queue}``: computed on each scrape from
-  :meth:`services.message_queue.MessageQueue.queue_stats`. The depth is every message waiting in the broker
+  :meth:`fabric.producer.MessageQueue.queue_stats`. The depth is every message waiting in the broker
   for that queue: on Redis the sum of kombu's ten per-priority lists (``<queue>`` and
   ``<queue>\\x06\\x16<level>``), on RabbitMQ the queue's ready count. The autoscalers read this metric.
 - ``wft_broker_unacked``: messages workers have taken and not yet acknowledged, all queues together
@@ -39,8 +39,9 @@ process under ``PROMETHEUS_MULTIPROC_DIR``) only aggregates the processes of *on
 set before ``prometheus_client`` is first imported, and needs dead-process cleanup when pool children are
 recycled. Instead each worker process adds its observations to a few Redis hashes (one pipelined round trip
 per task, in ``task_postrun``), and a custom collector turns those hashes into metric families when scraped.
-So one scrape of any ``/metrics`` endpoint (this module's server, or the API's mount of :func:`make_asgi_app`)
-gives the whole fleet's totals, and they survive worker restarts. Counters reset only when Redis is flushed.
+So one scrape of any ``/metrics`` endpoint (this module's server, or the API's, which serves
+:func:`fleet_registry`) gives the whole fleet's totals, and they survive worker restarts. Counters reset
+only when Redis is flushed.
 
 If Redis does not answer, recording an observation is skipped with a warning: metrics never fail a task.
 """
@@ -62,12 +63,13 @@ from prometheus_client.registry import Collector
 
 from config import QUEUES, get_settings
 from config.settings import Settings
-from services.errors import AppError, BackendUnavailable
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import AppError, BackendUnavailable
+from fabric.redis_clients import get_redis
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "wft:metrics:"
+PREFIX = keys.METRICS
 OUTCOMES_KEY = PREFIX + "outcomes"
 RETRIES_KEY = PREFIX + "retries"
 DEAD_LETTERS_KEY = PREFIX + "dead_letters"
@@ -327,7 +329,7 @@ class FleetCollector(Collector):
         yield from self._queue_depths()
 
     def _queue_depths(self) -> Iterator[Metric]:
-        from services.message_queue import get_message_queue
+        from fabric.producer import get_message_queue
 
         depth = GaugeMetricFamily("wft_queue_depth", "Messages waiting in the broker.", labels=["queue"])
         dead = GaugeMetricFamily(
@@ -402,13 +404,6 @@ def fleet_registry(client: redis.Redis | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(client))
     return registry
-
-
-def make_asgi_app(registry: CollectorRegistry | None = None) -> Any:
-    """An ASGI app serving the fleet's metrics, for the API to mount: ``app.mount("/metrics", ...)``."""
-    from prometheus_client import make_asgi_app as _make
-
-    return _make(registry=registry or fleet_registry())
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> tuple[Any, threading.Thread]:

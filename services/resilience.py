@@ -24,7 +24,7 @@ State in Redis (prefix ``wft:breaker:<name>:``)
 - ``probe``: the half-open lock (``SET NX PX``); its holder makes the one trial call. Success deletes all
   keys (CLOSED); failure sets ``open`` again.
 
-Only :class:`~services.errors.TransientError` (a backend down, a timeout, 5xx/429: what the adapters raise as
+Only :class:`~fabric.errors.TransientError` (a backend down, a timeout, 5xx/429: what the adapters raise as
 ``BackendUnavailable``) counts as a failure; a permanent error means the backend answered. While open, calls
 fail fast with :class:`CircuitOpen`, itself a ``BackendUnavailable``, so a Celery task retries with backoff.
 
@@ -58,15 +58,16 @@ from tenacity import (
 )
 
 from config import get_settings
-from services.errors import BackendUnavailable, TransientError
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import BackendUnavailable, TransientError
+from fabric.redis_clients import get_redis
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-KEY_PREFIX = "wft:breaker:"
+KEY_PREFIX = keys.BREAKER
 #: After Redis failed, how long a breaker keeps to its local state before asking Redis again (seconds).
 REDIS_RETRY_AFTER = 5.0
 
@@ -156,7 +157,7 @@ class CircuitBreaker:
     shares one state. ``failure_threshold`` failures within ``window`` seconds (default: ``timeout``) open
     it; after ``timeout`` seconds one probe call is let through; its success closes the breaker.
     ``failure_on`` are the exception types that count as the backend failing.
-    ``redis_client`` defaults to :func:`services.redis_client.get_redis` (looked up per call, so a forked
+    ``redis_client`` defaults to :func:`fabric.redis_clients.get_redis` (looked up per call, so a forked
     child uses its own connection).
     """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabric.contracts import UpdateWorkflowStats
 from services.analytics import WorkflowStats
-from services.messages import UpdateWorkflowStats
 from tasks.app import app
 from tasks.base import BaseTask
 from tasks.convert import execution_doc

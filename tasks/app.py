@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-import celeryconfig
-from config import get_settings
-from tasks.leases import WorkerLease
+from fabric.leases import WorkerLease
 
 app = Celery(
     "wft",
@@ -22,8 +20,7 @@ app = Celery(
         "tasks.signals",
     ],
 )
-# The configuration celeryconfig.py builds from the settings, computed when the app is first configured
-# rather than when a module is imported, so the settings in force then apply (tests, CLI overrides).
-app.add_defaults(lambda: celeryconfig.build(get_settings()))
-# Lost-worker recovery on Redis brokers: each worker leases the messages it holds (see tasks.leases).
+# Read when Celery first reads its configuration, from the settings in force then (tests, CLI overrides).
+app.config_from_object("celeryconfig")
+# Lost-worker recovery on Redis brokers: each worker leases the messages it holds (see fabric.leases).
 app.steps["consumer"].add(WorkerLease)

@@ -5,7 +5,7 @@ JSON).
 
 - Each delivery of each attempt is counted in Redis before the body runs. Past ``MAX_DELIVERIES`` (the worker
   process died every time: a poison message) the message is dead-lettered instead of run again.
-- :class:`~services.errors.TransientError` is retried with exponential backoff and jitter, up to
+- :class:`~fabric.errors.TransientError` is retried with exponential backoff and jitter, up to
   ``MAX_RETRIES``; any other exception fails at once.
 - Every final failure (permanent error, retries exhausted, unexpected error) is dead-lettered with the
   original message, the error, the attempts and the times.
@@ -23,9 +23,9 @@ from celery.utils.log import get_task_logger
 
 from config import get_settings
 from config.queues import Queue
-from services import deliveries
-from services.errors import PermanentError, TransientError
-from services.redis_client import get_redis
+from fabric import deliveries
+from fabric.errors import PermanentError, TransientError
+from fabric.redis_clients import get_redis
 from services.resilience import CircuitOpen
 
 logger = get_task_logger(__name__)
@@ -47,7 +47,7 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     max_retries = get_settings().max_retries
     #: Tasks whose failure must not produce another dead letter (the dead-letter consumer itself).
     dead_letter_on_failure = True
-    #: False leaves the task's arguments out of its stored result (see services.result_backend).
+    #: False leaves the task's arguments out of its stored result (see fabric.result_backend).
     result_keeps_arguments = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -35,15 +35,16 @@ from celery.signals import celeryd_after_setup
 from celery.utils.log import get_task_logger
 
 from config import get_settings
-from services.errors import PermanentError
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import PermanentError
+from fabric.redis_clients import get_redis
 
 logger = get_task_logger(__name__)
 
 T = TypeVar("T")
 
 #: Redis hash of flush counters: ``<writer>:flushes``, ``<writer>:messages``, ``<writer>:documents``.
-STATS_KEY = "wft:batching:stats"
+STATS_KEY = keys.BATCHING_STATS
 
 # How many tasks one worker process runs at the same time; set once by the worker before it forks.
 _slots: dict[str, int] = {"slots": 1}
@@ -145,7 +146,7 @@ class BatchWriter(Generic[T]):
         """Write ``docs`` (one message's documents) in the next bulk write; block until it is written.
 
         Returns how many documents this message carried. Raises what the bulk write raised for this message
-        (a :class:`~services.errors.TransientError` to retry, a PermanentError for bad input).
+        (a :class:`~fabric.errors.TransientError` to retry, a PermanentError for bad input).
         """
         entry: _Entry[T] = _Entry(list(docs))
         with self._lock:

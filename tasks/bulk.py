@@ -19,12 +19,8 @@ from celery.utils.log import get_task_logger
 
 from config import get_settings
 from config.queues import Queue
-from services import deliveries
-from services.analytics import WorkflowStats
-from services.envelopes import unpack_items
-from services.errors import InvalidInput, PermanentError
-from services.item_status import item_id, record_envelope
-from services.messages import (
+from fabric import deliveries
+from fabric.contracts import (
     EmbedWorkflow,
     IndexExecution,
     IndexWorkflow,
@@ -32,7 +28,11 @@ from services.messages import (
     Payload,
     UpdateWorkflowStats,
 )
-from services.redis_client import get_redis
+from fabric.envelopes import unpack_items
+from fabric.errors import InvalidInput, PermanentError
+from fabric.redis_clients import get_redis
+from fabric.statuses import item_id, record_envelope
+from services.analytics import WorkflowStats
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.app import app
@@ -155,7 +155,7 @@ def process_envelope(task: BaseTask, queue: str, items: Sequence[dict[str, Any]]
 
 def decode_items(items: object = None, packed_items: object = None) -> list[dict[str, Any]]:
     """The envelope's logical messages: ``items`` as a list, or ``packed_items`` as ``enqueue_many`` packs
-    them (:mod:`services.envelopes`). Raises :class:`InvalidInput` (the envelope is dead-lettered whole) if
+    them (:mod:`fabric.envelopes`). Raises :class:`InvalidInput` (the envelope is dead-lettered whole) if
     they are neither."""
     if packed_items is not None:
         items = unpack_items(packed_items)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.errors import InvalidInput
-from services.messages import ExecutionDoc, Payload
+from fabric.contracts import ExecutionDoc, Payload
+from fabric.errors import InvalidInput
 
 
 def execution_from_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from typing import Any
 
 import redis
 
-from services.dead_letters import DeadLetterStore
-from services.errors import BackendUnavailable
-from services.redis_client import get_redis
+from fabric.dead_letters import DeadLetterStore
+from fabric.errors import BackendUnavailable
+from fabric.redis_clients import get_redis
 from tasks.app import app
 from tasks.base import DEAD_LETTER_TASK, BaseTask
 

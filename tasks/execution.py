@@ -20,8 +20,8 @@ from typing import Any
 from celery import group
 from celery.utils.log import get_task_logger
 
-from services.messages import ExecuteWorkflow
-from services.redis_client import get_redis
+from fabric.contracts import ExecuteWorkflow
+from fabric.redis_clients import get_redis
 from tasks.app import app
 from tasks.base import BaseTask
 from workflows.pipelines import cancel_key

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from services.messages import IndexExecution, IndexLog, IndexWorkflow
+from fabric.contracts import IndexExecution, IndexLog, IndexWorkflow
 from services.search import get_search_service
 from services.search.base import log_id
 from tasks.app import app

@@ -17,7 +17,7 @@ from typing import Any
 from celery.utils.log import get_task_logger
 
 from config import get_settings
-from services.message_queue import get_message_queue
+from fabric.producer import get_message_queue
 from services.search import get_search_service
 from services.search.base import MAX_LIMIT
 from services.vectors import get_vector_service

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from services.messages import EmbedWorkflow, WorkflowDoc
+from fabric.contracts import EmbedWorkflow, WorkflowDoc
 from services.vectors import get_vector_service
 from tasks.app import app
 from tasks.base import BaseTask

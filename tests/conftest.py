@@ -21,7 +21,7 @@ from tests.support.servers import RedisServer
 from tests.support.workers import WorkerProcess
 
 if TYPE_CHECKING:
-    from services.message_queue import MessageQueue
+    from fabric.producer import MessageQueue
 
 _state: dict[str, object] = {}
 
@@ -93,7 +93,7 @@ def _fresh_settings_and_clients() -> Iterator[None]:
 @pytest.fixture
 def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
     """The process's producer, built afresh on an emptied Redis."""
-    from services.message_queue import get_message_queue
+    from fabric.producer import get_message_queue
 
     reset_process_clients()
     yield get_message_queue()

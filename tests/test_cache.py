@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from fabric.errors import InvalidInput
 from services.cache import CacheService, get_cache, reset_cache
-from services.errors import InvalidInput
 from tests.support.servers import RedisServer, free_port
 
 

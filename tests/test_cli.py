@@ -74,7 +74,7 @@ def test_cli_subcommands_against_a_running_worker(redis_client: redis.Redis, tmp
     worker = WorkerProcess(tmp_path, ["indexing_tasks", "dead_letter"], name="cli-worker")
     worker.start()
     try:
-        from services.message_queue import get_message_queue, reset_message_queue
+        from fabric.producer import get_message_queue, reset_message_queue
 
         reset_message_queue()
         worker.wait_ready(get_message_queue().app)

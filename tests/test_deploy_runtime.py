@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-import celeryconfig
 from cli.processes import FLOWER_CONFIG, flower_argv
 from config.settings import Settings
+from fabric import celery_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -102,7 +102,7 @@ def test_flower_credentials_come_from_the_settings_never_a_command_line() -> Non
 
 
 def test_beat_runs_on_the_shared_schedule_everywhere() -> None:
-    config = celeryconfig.build(Settings())
+    config = celery_config.build(Settings())
     assert config["beat_scheduler"] == "redbeat.RedBeatScheduler"
     assert config["beat_max_loop_interval"] < config["redbeat_lock_timeout"]
     beat = _k8s("Deployment", "wft-beat")

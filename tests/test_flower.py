@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
 from config import get_settings
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.api.browser import rendered_dom
 from tests.support.servers import ManagedProcess, free_port, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.support.flower import FlowerServer
 from tests.support.servers import ManagedProcess, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from fabric.producer import MessageQueue
 from services.logging import JsonFormatter, clear_task_context, execution_id_of, redact, set_task_context
-from services.message_queue import MessageQueue
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 from workflows.pipelines import Pipelines

@@ -19,9 +19,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
+from fabric.producer import MessageQueue
+from fabric.redis_clients import reset_redis
 from services import metrics
-from services.message_queue import MessageQueue
-from services.redis_client import reset_redis
 from tests.support.fleet import StartWorker
 from tests.support.servers import ManagedProcess, free_port, port_open, wait_until
 from tests.support.workers import REPO_ROOT, WorkerProcess
@@ -153,11 +153,12 @@ def test_module_serves_the_fleet_metrics(tmp_path: Path, redis_client: redis.Red
 def test_asgi_app_for_the_api_serves_the_same_metrics(redis_client: redis.Redis) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
+    from prometheus_client import make_asgi_app
 
     reset_redis()
     metrics.record_task("t.d", "retry", 0.5)
     api = FastAPI()
-    api.mount("/metrics", metrics.make_asgi_app())
+    api.mount("/metrics", make_asgi_app(registry=metrics.fleet_registry()))
     with TestClient(api) as client:
         response = client.get("/metrics/")
     assert response.status_code == 200

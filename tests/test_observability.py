@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
 from config.queues import QUEUES, WORK_QUEUES
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.support.fleet import StartWorker
 from tests.support.prometheus import PrometheusServer, local_config
 from tests.support.servers import ManagedProcess, free_port, port_open, wait_until

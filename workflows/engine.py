@@ -7,7 +7,7 @@
 * Data flow (see :mod:`workflows.model`): root nodes get the execution input; a node with one live
   predecessor gets its output; with several, ``{predecessor_id: output}``. Inputs are deep copies, so
   concurrent branches never share mutable data. Outputs must be JSON-serialisable.
-* Retries: a step raising :class:`~services.errors.TransientError` (a timeout included) is tried again per
+* Retries: a step raising :class:`~fabric.errors.TransientError` (a timeout included) is tried again per
   its node's ``retry`` policy (``max_attempts``, ``backoff`` seconds, ``factor``); any other error fails it at
   once. The first step to fail fails the execution: no new step starts, running ones are waited for, and
   ``error_message`` names the step.
@@ -38,7 +38,7 @@ from typing import Any
 
 from config import get_settings
 from config.settings import Settings
-from services.errors import InvalidInput, TransientError
+from fabric.errors import InvalidInput, TransientError
 from workflows.model import ExecutionRecord, ExecutionStatus, StepLog, StepStatus, Workflow, new_id, utcnow
 from workflows.steps import Step, StepContext, StepFailed, StepRegistry, StepResult, StepTimeout
 from workflows.validation import WorkflowPlan, validate_workflow

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 #: Ids become object names in the store (``workflows/{id}.json``), so they are kept to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"

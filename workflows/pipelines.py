@@ -2,7 +2,7 @@
 
 - workflow registered: stored in the object store, then ``group(index_workflow, embed_workflow)``;
 - execution requested: ``chain(execute, group(index_execution, index_logs, update_workflow_stats))``
-  (the chain is declared with the ``execute`` action in :mod:`services.messages`, so the guide's plain
+  (the chain is declared with the ``execute`` action in :mod:`fabric.contracts`, so the guide's plain
   ``enqueue("workflow_execution", ...)`` runs the whole pipeline too);
 - reindex: every workflow and execution in the object store sent again through the indexing and vector
   queues (writes are upserts by id, so a reindex never duplicates).
@@ -17,22 +17,23 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from services.errors import InvalidInput, NotFound
-from services.message_queue import MessageQueue, get_message_queue
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import InvalidInput, NotFound
+from fabric.producer import MessageQueue, get_message_queue
+from fabric.redis_clients import get_redis
 from services.vectors import get_vector_service
 from workflows.model import ExecutionRecord, Workflow, parse_workflow
 from workflows.repository import WorkflowRepository
 
 VECTOR_COLLECTION = "workflows"
-REINDEX_CURSOR = "wft:reindex:cursor"
+REINDEX_CURSOR = keys.REINDEX_CURSOR
 Progress = Callable[[str, int, int], None]
 CANCEL_TTL = timedelta(days=1)
 
 
 def cancel_key(execution_id: str) -> str:
     """The Redis key a running execution checks between steps (see ``tasks.execution``)."""
-    return f"wft:cancel:{execution_id}"
+    return keys.cancel(execution_id)
 
 
 def workflow_document(workflow: Workflow) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from services.errors import InvalidInput, NotFound
+from fabric.errors import InvalidInput, NotFound
 from workflows.model import ID_PATTERN, ExecutionRecord, Workflow, format_validation_error, parse_workflow
 from workflows.steps import StepRegistry
 from workflows.validation import validate_workflow

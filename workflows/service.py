@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fabric.errors import InvalidInput
 from services import metrics
-from services.errors import InvalidInput
 from workflows.engine import OnStep, ShouldCancel, WorkflowEngine, get_engine
 from workflows.model import ExecutionRecord, ExecutionStatus, StepStatus, utcnow
 from workflows.repository import WorkflowRepository

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from workflows.model import Edge, Workflow
 from workflows.steps import Step, StepRegistry, default_registry
 

@@ -18,8 +18,8 @@ from api.schemas import (
     RecordedExecution,
     error_responses,
 )
-from services.errors import NotFound
-from services.message_queue import DEAD_LETTERED, EXPIRED, get_message_queue
+from fabric.errors import NotFound
+from fabric.producer import DEAD_LETTERED, EXPIRED, get_message_queue
 from services.search import get_search_service
 from workflows.model import ID_PATTERN, ExecutionRecord
 from workflows.pipelines import Pipelines

@@ -10,7 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.auth import READ, WRITE
 from api.schemas import AUTH, BINARY, UploadedFile, error_responses
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from services.storage import get_storage_service
 from services.storage.local import LocalStorage
 

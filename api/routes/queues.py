@@ -23,7 +23,7 @@ from api.schemas import (
     error_responses,
 )
 from config import QUEUES
-from services.message_queue import get_message_queue
+from fabric.producer import get_message_queue
 
 router = APIRouter(tags=["queues"])
 

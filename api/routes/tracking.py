@@ -10,10 +10,11 @@ from __future__ import annotations
 import redis
 
 from config import get_settings
-from services.errors import BackendUnavailable
-from services.redis_client import get_redis
+from fabric import keys
+from fabric.errors import BackendUnavailable
+from fabric.redis_clients import get_redis
 
-PREFIX = "wft:api:sent:"
+PREFIX = keys.API_SENT
 
 
 def mark_sent(message_id: str) -> str:

@@ -21,8 +21,8 @@ from api.schemas import (
     WorkflowStats,
     error_responses,
 )
+from fabric.errors import NotFound
 from services.analytics import get_workflow_stats
-from services.errors import NotFound
 from workflows.model import ID_PATTERN
 from workflows.pipelines import Pipelines, WorkflowSearchService, workflow_document
 from workflows.repository import WorkflowRepository

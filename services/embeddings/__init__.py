@@ -43,7 +43,7 @@ def get_embedder() -> Embedder:
     """The process's embedder, chosen by ``settings.embeddings`` and built on first call.
 
     The instance is tied to the process that built it: a forked worker child builds its own, so no HTTP
-    connection pool is shared across processes. Raises :class:`~services.errors.ConfigurationError` when the
+    connection pool is shared across processes. Raises :class:`~fabric.errors.ConfigurationError` when the
     chosen backend cannot be configured (e.g. ``openai`` without a key or base URL).
     """
     global _cached  # noqa: PLW0603 - the per-process cache is this module's one piece of state

@@ -4,11 +4,11 @@ Rules every backend keeps (checked by :func:`validate_texts` and :func:`normaliz
 
 * ``texts`` is a sequence of strings; a bare ``str`` is refused, because iterating it would embed one
   character per row.
-* An empty or whitespace-only text is refused with :class:`~services.errors.InvalidInput` naming its index.
+* An empty or whitespace-only text is refused with :class:`~fabric.errors.InvalidInput` naming its index.
   It carries no meaning, the local model maps it to the zero vector (for which cosine similarity is
   undefined) and the OpenAI API answers 400 to it; refusing it up front gives one behaviour for every backend.
 * Rows come back L2-normalised, so a dot product is the cosine similarity. A backend that produces a zero
-  row anyway raises :class:`~services.errors.PermanentError` instead of returning it.
+  row anyway raises :class:`~fabric.errors.PermanentError` instead of returning it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from services.errors import InvalidInput, PermanentError
+from fabric.errors import InvalidInput, PermanentError
 
 FloatMatrix = npt.NDArray[np.float32]
 

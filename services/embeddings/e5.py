@@ -21,8 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, cast
 
+from fabric.errors import ConfigurationError
 from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
-from services.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import cast
 
 import numpy as np
 
+from fabric.errors import ConfigurationError
 from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
-from services.errors import ConfigurationError
 
 MODEL_NAME = "tokenlearn-static-model"
 

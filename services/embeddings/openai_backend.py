@@ -34,13 +34,13 @@ import numpy as np
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
-from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
-from services.errors import (
+from fabric.errors import (
     BackendUnavailable,
     ConfigurationError,
     InvalidInput,
     PermanentError,
 )
+from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
 from services.resilience import circuit
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ accepted or refused the same way, stored the same way and given the same id ever
   query syntax by either engine;
 - results are plain dicts: the stored document plus ``"id"`` (and ``"score"``, higher is better, when a
   text query ranked them);
-- bad input raises :class:`~services.errors.InvalidInput`, an unreachable or failing backend raises
-  :class:`~services.errors.BackendUnavailable`. Nothing answers ``[]`` or ``False`` to hide an error.
+- bad input raises :class:`~fabric.errors.InvalidInput`, an unreachable or failing backend raises
+  :class:`~fabric.errors.BackendUnavailable`. Nothing answers ``[]`` or ``False`` to hide an error.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 IndexName = Literal["workflows", "executions", "logs"]
 INDEX_NAMES: tuple[IndexName, ...] = ("workflows", "executions", "logs")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from services.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput
+from fabric.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput
 from services.resilience import guarded
 from services.search.base import (
     INDEX_NAMES,

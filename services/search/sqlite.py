@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from services.errors import BackendUnavailable, InvalidInput
+from fabric.errors import BackendUnavailable, InvalidInput
 from services.search.base import (
     Document,
     ExecutionDoc,

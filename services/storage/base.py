@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 #: What ``upload_file`` accepts: the bytes themselves or a binary file object read to its end.
 FileData = bytes | bytearray | memoryview | BinaryIO
@@ -47,8 +47,8 @@ class ObjectInfo:
 @runtime_checkable
 class StorageService(Protocol):
     """The guide's storage service. Every method validates names first and raises from the error tree:
-    :class:`~services.errors.InvalidInput` for a bad bucket or object name, :class:`~services.errors.NotFound`
-    for a missing object, :class:`~services.errors.BackendUnavailable` when the backend does not answer."""
+    :class:`~fabric.errors.InvalidInput` for a bad bucket or object name, :class:`~fabric.errors.NotFound`
+    for a missing object, :class:`~fabric.errors.BackendUnavailable` when the backend does not answer."""
 
     backend: str
 

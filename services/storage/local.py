@@ -17,7 +17,7 @@ once and a reader never pairs the bytes of one upload with the content type of a
 for the renames, never while bytes stream.
 
 Presigned URLs are ``{public_url}/files/{bucket}/{object}?expires=<unix time>&signature=<hex>``, the signature
-an HMAC-SHA256 of method, bucket, object and expiry under ``STORAGE_SIGNING_KEY``; ``presign_app`` serves
+an HMAC-SHA256 of method, bucket, object and expiry under ``STORAGE_SIGNING_KEY``; ``api.presign`` serves
 them.
 """
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
+from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
 from services.storage.base import (
     CHUNK_SIZE,
     DEFAULT_CONTENT_TYPE,
@@ -96,7 +96,7 @@ class LocalStorage:
         fsync: bool = True,
     ) -> None:
         """``root`` is created on first write; ``signing_key`` signs presigned URLs that point at
-        ``public_url`` (scheme, host and any path prefix under which ``presign_app``'s router is mounted).
+        ``public_url`` (scheme, host and any path prefix under which ``api.presign``'s router is mounted).
         ``clock`` gives the current Unix time (tests pass a fixed one); ``fsync`` makes each write durable
         before it is renamed into place."""
         key = signing_key.encode("utf-8") if isinstance(signing_key, str) else signing_key

@@ -25,7 +25,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
+from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
 from services.resilience import guarded
 from services.storage.base import (
     DEFAULT_CONTENT_TYPE,

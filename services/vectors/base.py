@@ -19,8 +19,8 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from fabric.errors import InvalidInput
 from services.embeddings.base import Embedder
-from services.errors import InvalidInput
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -57,8 +57,8 @@ class PreparedItem:
 
 @runtime_checkable
 class VectorService(Protocol):
-    """The guide's vector service. Every method raises :class:`~services.errors.InvalidInput` on bad
-    arguments and :class:`~services.errors.BackendUnavailable` when the store cannot be reached."""
+    """The guide's vector service. Every method raises :class:`~fabric.errors.InvalidInput` on bad
+    arguments and :class:`~fabric.errors.BackendUnavailable` when the store cannot be reached."""
 
     def store_vector(
         self, collection_name: str, text: str, metadata: Mapping[str, Any], vector_id: str | None = None

@@ -34,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from config import get_settings
+from fabric.errors import BackendUnavailable, ConfigurationError
 from services.embeddings.base import Embedder
-from services.errors import BackendUnavailable, ConfigurationError
 from services.vectors.base import (
     FloatMatrix,
     PreparedItem,

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from config import get_settings
+from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, PermanentError
 from services.embeddings.base import Embedder
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, PermanentError
 from services.resilience import circuit
 from services.vectors.base import (
     FloatMatrix,

@@ -17,9 +17,9 @@ from fastapi import FastAPI
 import tests.support.tasks  # noqa: F401 - registers the probe action for the API's producer
 from api.app import create_app
 from config import reload_settings
+from fabric.producer import MessageQueue, reset_message_queue
+from fabric.redis_clients import reset_redis
 from services.cache import reset_cache
-from services.message_queue import MessageQueue, reset_message_queue
-from services.redis_client import reset_redis
 from services.storage import reset_storage_service
 from tests.support.fleet import reset_process_clients
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, NanioServer, nanio_server

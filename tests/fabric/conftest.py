@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.support.fleet import reset_process_clients
 from tests.support.servers import RabbitMQServer, wait_until
 from tests.support.tasks import runs_key
@@ -52,7 +52,7 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 def _purge_rabbitmq() -> None:
     """Declare every queue as the workers do and drop what an earlier test left in it."""
-    from services.message_queue import make_producer_app
+    from fabric.producer import make_producer_app
 
     app = make_producer_app()
     with app.connection_for_write() as conn:

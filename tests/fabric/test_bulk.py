@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from config import get_settings
-from services.envelopes import unpack_items
-from services.errors import InvalidInput
-from services.item_status import item_id, item_states
-from services.message_queue import MessageQueue
+from fabric.envelopes import unpack_items
+from fabric.errors import InvalidInput
+from fabric.producer import MessageQueue
+from fabric.statuses import item_id, item_states
 from services.search.sqlite import SqliteSearchService
 from tests.fabric.conftest import wait_for_state
 from tests.support.fleet import StartWorker
@@ -150,7 +150,7 @@ def test_an_envelope_dead_lettered_whole_shows_on_its_messages_and_replays_as_it
 
 
 def test_every_action_marked_bulk_has_a_bulk_writer() -> None:
-    from services.messages import known_actions
+    from fabric.contracts import known_actions
     from tasks.bulk import HANDLERS
 
     marked = {a.name for a in known_actions() if a.bulk}

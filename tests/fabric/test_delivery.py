@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from config.queues import WORK_QUEUES
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tests.fabric.conftest import runs, wait_for_state
 from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until

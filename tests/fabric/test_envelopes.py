@@ -9,10 +9,10 @@ import zlib
 import pytest
 import redis
 
+from fabric.envelopes import pack_items, unpack_items
+from fabric.errors import InvalidInput
+from fabric.statuses import item_id, item_states, item_status, record_envelope, split_item_id
 from services import envelopes
-from services.envelopes import pack_items, unpack_items
-from services.errors import InvalidInput
-from services.item_status import item_id, item_states, item_status, record_envelope, split_item_id
 from tasks.bulk import decode_items
 
 ITEMS = [
@@ -99,7 +99,7 @@ def test_results_of_bulk_envelopes_leave_their_items_out(redis_client: redis.Red
     from celery.app.task import Context
 
     import tasks.bulk  # noqa: F401 - registers the bulk tasks
-    from services.result_backend import RedisResultBackend
+    from fabric.result_backend import RedisResultBackend
     from tasks.app import app
 
     backend = app.backend

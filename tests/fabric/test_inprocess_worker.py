@@ -13,7 +13,7 @@ from celery.contrib.testing.worker import start_worker
 
 import tests.support.tasks  # noqa: F401 - the probe task and action
 from config.queues import QUEUES
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tasks.app import app
 from tests.fabric.conftest import runs, wait_for_state
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from config.queues import WORK_QUEUES
-from services.errors import InvalidInput
-from services.message_queue import MessageQueue
+from fabric.errors import InvalidInput
+from fabric.producer import MessageQueue
 
 GOOD = {
     "workflow_execution": {"workflow_id": "wf-1", "input_data": {"a": 1}, "priority": 5},
@@ -138,7 +138,7 @@ def test_enqueue_many_to_a_dead_broker_names_it_and_says_resending_is_safe() -> 
     # Envelopes only: a canvas (workflow executions) fails first in Celery's result subscription, with
     # a RuntimeError after its reconnect retries (noted for follow-up).
     from config.settings import Settings
-    from services.errors import BackendUnavailable
+    from fabric.errors import BackendUnavailable
     from tests.support.servers import free_port
 
     port = free_port()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.message_queue import MessageQueue, make_producer_app
+from fabric.producer import MessageQueue, make_producer_app
 from tests.fabric.conftest import runs, wait_for_state
 from tests.support.fleet import StartWorker
 from tests.support.servers import RabbitMQServer, RedisServer, wait_until

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from fabric.errors import InvalidInput
+from fabric.producer import MessageQueue
 from services.analytics import get_workflow_stats
-from services.errors import InvalidInput
-from services.message_queue import MessageQueue
 from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service
 from tests.support.fleet import StartWorker, run_fleet

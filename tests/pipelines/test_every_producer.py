@@ -21,8 +21,8 @@ import redis
 from celery import chain, group
 
 from config import get_settings
+from fabric.producer import MessageQueue
 from services.analytics import get_workflow_stats
-from services.message_queue import MessageQueue
 from services.metrics import OUTCOMES_KEY
 from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from services.search import get_search_service, reset_search_service
 from services.vectors import get_vector_service, reset_vector_service
 from tests.support.servers import wait_until

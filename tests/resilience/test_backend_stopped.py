@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from config import reload_settings
+from fabric.producer import MessageQueue
 from services import metrics
 from services.health import HealthService
-from services.message_queue import MessageQueue
 from services.resilience import KEY_PREFIX, CircuitOpen, reset_breakers
 from services.search import reset_search_service
 from services.search.elasticsearch import ElasticsearchSearchService

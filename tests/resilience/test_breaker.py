@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from config import reload_settings
-from services.errors import BackendUnavailable, InvalidInput
-from services.redis_client import reset_redis
+from fabric.errors import BackendUnavailable, InvalidInput
+from fabric.redis_clients import reset_redis
 from services.resilience import (
     KEY_PREFIX,
     CircuitBreaker,

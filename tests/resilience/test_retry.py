@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.errors import BackendUnavailable, InvalidInput
+from fabric.errors import BackendUnavailable, InvalidInput
 from services.resilience import aretry_with_backoff, retry_with_backoff
 
 

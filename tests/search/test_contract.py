@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from services.search.base import SearchService
 
 

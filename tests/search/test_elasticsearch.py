@@ -10,7 +10,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from config import reload_settings
-from services.errors import BackendUnavailable
+from fabric.errors import BackendUnavailable
 from services.search import get_search_service, reset_search_service
 from services.search.elasticsearch import ElasticsearchSearchService
 from tests.support.opensearch import OsmemBehindProxy, rewrite_media_type

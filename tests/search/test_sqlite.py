@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config import reload_settings
-from services.errors import BackendUnavailable
+from fabric.errors import BackendUnavailable
 from services.search import get_search_service, reset_search_service
 from services.search.sqlite import SqliteSearchService, fts_query
 from tests.support.servers import run_in_spawned_interpreter

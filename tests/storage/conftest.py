@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from api.presign import create_app, local_storage
 from services.storage.base import StorageService
 from services.storage.local import LocalStorage
 from services.storage.minio_backend import MinioStorage
-from services.storage.presign_app import create_app, local_storage
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, NanioServer, nanio_server
 from tests.support.servers import free_port, port_open, wait_until
 
@@ -25,7 +25,7 @@ SIGNING_KEY = "contract-suite-signing-key"
 
 
 class PresignServer:
-    """``presign_app`` under uvicorn in a thread; ``serve(storage)`` chooses the store it answers from."""
+    """``api.presign`` under uvicorn in a thread; ``serve(storage)`` chooses the store it answers from."""
 
     def __init__(self) -> None:
         self.port = free_port()

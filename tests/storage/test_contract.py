@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from services.errors import InvalidInput, NotFound
+from fabric.errors import InvalidInput, NotFound
 from services.storage.base import StorageService
 from tests.storage.conftest import tree
 

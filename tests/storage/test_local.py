@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from config import get_settings
-from services.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound
 from services.storage.local import LocalStorage, SignatureRefused, _disk_errors
 from tests.storage.conftest import SIGNING_KEY, PresignServer, make_local, tree
 from tests.support.servers import ManagedProcess, free_port, wait_until
@@ -213,7 +213,7 @@ def test_the_presign_server_runs_on_its_own(tmp_path: Path) -> None:
     )
     store.upload_file("standalone", "hello.json", b'{"hello": "world"}', "application/json")
     server = ManagedProcess(
-        [sys.executable, "-m", "services.storage.presign_app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "api.presign", "--host", "127.0.0.1", "--port", str(port)],
         tmp_path,
         "presign",
         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},

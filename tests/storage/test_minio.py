@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from config import reload_settings
-from services.errors import BackendUnavailable, ConfigurationError
+from fabric.errors import BackendUnavailable, ConfigurationError
 from services.storage import get_storage_service, reset_storage_service
 from services.storage.local import LocalStorage
 from services.storage.minio_backend import MinioStorage, parse_endpoint

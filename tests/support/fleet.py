@@ -24,10 +24,10 @@ QUEUE_GROUPS = [["workflow_execution"], ["indexing_tasks", "vector_tasks", "anal
 def reset_process_clients() -> None:
     """Read the settings again and drop every per-process client and breaker built from the old ones."""
     from config import reload_settings
+    from fabric.producer import reset_message_queue
+    from fabric.redis_clients import reset_redis
     from services.cache import reset_cache
     from services.embeddings import reset_embedder
-    from services.message_queue import reset_message_queue
-    from services.redis_client import reset_redis
     from services.resilience import reset_breakers
     from services.search import reset_search_service
     from services.storage import reset_storage_service

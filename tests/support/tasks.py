@@ -11,9 +11,9 @@ import time
 from typing import Any, Literal
 
 from config.queues import WORK_QUEUES
-from services.errors import InvalidInput, TransientError
-from services.messages import Payload, register_action
-from services.redis_client import get_redis
+from fabric.contracts import Payload, register_action
+from fabric.errors import InvalidInput, TransientError
+from fabric.redis_clients import get_redis
 from tasks.app import app
 from tasks.base import BaseTask
 

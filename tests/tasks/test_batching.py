@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from services.errors import BackendUnavailable, InvalidInput
-from services.message_queue import MessageQueue
+from fabric.errors import BackendUnavailable, InvalidInput
+from fabric.producer import MessageQueue
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.batching import BatchWriter, batch_stats, reset_batch_stats, set_process_slots

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from tasks.maintenance import EXPIRE_TASK, RECONCILE_TASK
 from tests.support.servers import ManagedProcess, wait_until
 from tests.support.workers import REPO_ROOT

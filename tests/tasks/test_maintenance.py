@@ -11,7 +11,7 @@ from pathlib import Path
 from celery.result import AsyncResult
 
 from config import get_settings
-from services.message_queue import MessageQueue
+from fabric.producer import MessageQueue
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.maintenance import EXPIRE_TASK, RECONCILE_TASK

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from fabric.errors import InvalidInput
 from services.embeddings.base import Embedder
-from services.errors import InvalidInput
 from services.vectors.base import VectorService
 
 WORKFLOWS = [

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fabric.errors import BackendUnavailable
 from services.embeddings.base import Embedder
-from services.errors import BackendUnavailable
 from services.vectors.base import query_terms
 from services.vectors.embedded import EmbeddedVectorService
 

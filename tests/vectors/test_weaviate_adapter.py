@@ -12,8 +12,8 @@ import pytest
 from weaviate.classes.config import Configure, DataType, Property
 from weaviate.util import generate_uuid5
 
+from fabric.errors import BackendUnavailable, ConfigurationError
 from services.embeddings.base import Embedder
-from services.errors import BackendUnavailable, ConfigurationError
 from services.vectors import weaviate_backend
 from services.vectors.weaviate_backend import (
     WeaviateBatchError,
@@ -249,7 +249,7 @@ def test_status_codes_map_onto_the_error_tree(service: WeaviateVectorService) ->
     import httpx
     from weaviate.exceptions import UnexpectedStatusCodeError
 
-    from services.errors import InvalidInput
+    from fabric.errors import InvalidInput
 
     def status(code: int) -> UnexpectedStatusCodeError:
         request = httpx.Request("POST", "http://weaviate/v1/schema")

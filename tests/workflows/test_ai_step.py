@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from config import get_settings
 from config.settings import Settings
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from tests.support.servers import free_port
 from tests.workflows.conftest import LocalServer, make_workflow
 from workflows import ExecutionStatus, WorkflowEngine, validate_workflow

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from config import get_settings
-from services.errors import BackendUnavailable, InvalidInput
+from fabric.errors import BackendUnavailable, InvalidInput
 from tests.workflows.conftest import make_workflow
 from workflows import ExecutionStatus, StepLog, StepStatus, WorkflowEngine, execute_workflow
 from workflows.steps import Step, StepConfig, StepContext, default_registry, register_step_type

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from config import get_settings
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from tests.workflows.conftest import LocalServer, make_workflow
 from workflows import ExecutionStatus, WorkflowEngine, execute_workflow, validate_workflow
 from workflows.steps.http import address_forbidden, resolve_destination

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.errors import InvalidInput, NotFound
+from fabric.errors import InvalidInput, NotFound
 from services.storage.local import LocalStorage
 from tests.workflows.conftest import make_workflow
 from workflows import ExecutionStatus, WorkflowRepository, execute_workflow

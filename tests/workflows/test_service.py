@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from services.errors import InvalidInput, NotFound
+from fabric.errors import InvalidInput, NotFound
 from tests.workflows.conftest import make_workflow
 from workflows import ExecutionRecord, ExecutionStatus, WorkflowRepository
 from workflows.service import run_execution

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from tests.workflows.conftest import make_workflow
 from workflows import ExecutionStatus, StepStatus, execute_workflow, register_step_type
 from workflows.steps import Step, StepContext, default_registry, get_step_type

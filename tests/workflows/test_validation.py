@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from tests.workflows.conftest import make_workflow
 from workflows import WorkflowRepository, parse_workflow, validate_workflow
 

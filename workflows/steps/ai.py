@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from config.settings import Settings
-from services.errors import BackendUnavailable, ConfigurationError
+from fabric.errors import BackendUnavailable, ConfigurationError
 from workflows.steps.base import Step, StepConfig, StepContext, StepFailed, register_step_type
 from workflows.steps.templating import check_template, render
 

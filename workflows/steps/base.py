@@ -4,7 +4,7 @@ A step type is a :class:`Step` subclass with a pydantic ``Config`` (the node's `
 workflow is registered) and a ``run`` method: ``run(data, context) -> output``. Steps are plain synchronous
 functions; the engine runs them in threads, so independent branches overlap while a step waits on I/O.
 
-Errors a step raises decide what happens next: a :class:`~services.errors.TransientError` is retried by the
+Errors a step raises decide what happens next: a :class:`~fabric.errors.TransientError` is retried by the
 node's ``retry`` policy; anything else fails the step at once.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.settings import Settings
-from services.errors import InvalidInput, PermanentError, TransientError
+from fabric.errors import InvalidInput, PermanentError, TransientError
 from workflows.model import format_validation_error
 
 

@@ -17,7 +17,7 @@ import jsonschema
 import jsonschema.exceptions
 from pydantic import Field, field_validator, model_validator
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from workflows.steps.base import Step, StepConfig, StepContext, StepFailed, StepResult, register_step_type
 
 

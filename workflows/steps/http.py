@@ -22,7 +22,7 @@ import httpx
 from pydantic import Field, field_validator
 
 from config import get_settings
-from services.errors import BackendUnavailable, InvalidInput
+from fabric.errors import BackendUnavailable, InvalidInput
 from workflows.steps.base import Step, StepConfig, StepContext, StepFailed, register_step_type
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

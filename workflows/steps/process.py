@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 from workflows.model import format_validation_error
 from workflows.steps.base import Step, StepConfig, StepContext, register_step_type
 from workflows.steps.templating import check_template, render

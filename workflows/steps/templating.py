@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 _MAX_WIDTH = 10_000
 _WIDTH_IN_SPEC = re.compile(r"(\d+)")

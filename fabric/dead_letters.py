@@ -12,11 +12,12 @@ from typing import Any, cast
 
 import redis
 
-from services.errors import NotFound
+from fabric import keys
+from fabric.errors import NotFound
 
-ITEMS = "wft:dlq:items"
-INDEX = "wft:dlq:index"
-COUNTS = "wft:dlq:counts"
+ITEMS = keys.DEAD_LETTER_ITEMS
+INDEX = keys.DEAD_LETTER_INDEX
+COUNTS = keys.DEAD_LETTER_COUNTS
 
 # Add a record only once, and keep the per-queue count in step with the records.
 _ADD = """

@@ -4,7 +4,7 @@
 ``GET /files/{bucket}/{object}?expires=..&signature=..`` with the object's bytes and content type, 403 for a
 tampered or expired URL, 404 for a missing object. Run it on its own with::
 
-    python -m services.storage.presign_app --host 127.0.0.1 --port 8001
+    python -m api.presign --host 127.0.0.1 --port 8001
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
-from services.errors import InvalidInput, NotFound
+from fabric.errors import InvalidInput, NotFound
 from services.storage import get_storage_service
 from services.storage.local import LocalStorage, SignatureRefused
 

@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import redis
 
+from fabric import keys
+
 _SEP = "."  # never part of a UUID, so ``E.i`` cannot be mistaken for a plain task id
 
 
@@ -33,12 +35,8 @@ def split_item_id(message_id: str) -> tuple[str, int] | None:
     return envelope, int(position)
 
 
-def envelope_key(envelope_id: str) -> str:
-    return f"wft:envelope:{envelope_id}"
-
-
-def item_key(message_id: str) -> str:
-    return f"wft:item:{message_id}"
+envelope_key = keys.envelope
+item_key = keys.item
 
 
 def record_envelope(

@@ -8,9 +8,11 @@ from typing import cast
 
 import redis
 
+from fabric import keys
+
 
 def deliveries_key(message_id: str) -> str:
-    return f"wft:deliveries:{message_id}"
+    return keys.deliveries(message_id)
 
 
 def count_delivery(client: redis.Redis, message_id: str, attempt: int, ttl_seconds: int) -> int:

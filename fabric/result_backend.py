@@ -6,7 +6,7 @@
 STARTED and once for SUCCESS, and reads the STARTED copy back before writing SUCCESS: for an envelope of 500
 documents that is three JSON passes over the whole envelope and a second copy of it kept in Redis for as
 long as results are kept, for data whose every item has a status of its own
-(:mod:`services.item_status`) and is already written where it belongs.
+(:mod:`fabric.statuses`) and is already written where it belongs.
 
 :class:`ProducerRedisBackend` (producers) does not subscribe to results it will never wait for. Other
 result backends (``RESULT_BACKEND`` not Redis) are Celery's own, unchanged.

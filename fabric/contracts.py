@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
 from config.queues import WORK_QUEUES, Queue
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 JsonObject = dict[str, Any]

@@ -22,7 +22,7 @@ import json
 import zlib
 from typing import Any
 
-from services.errors import InvalidInput
+from fabric.errors import InvalidInput
 
 #: A packed envelope that inflates beyond this is refused (a zip bomb costs the worker nothing).
 MAX_UNPACKED_BYTES = 64 * 1024 * 1024

@@ -51,11 +51,12 @@ from typing import Any
 from celery import bootsteps
 
 from config import QUEUES, get_settings
+from fabric import keys
 
 logger = logging.getLogger(__name__)
 
-LEASES_KEY = "wft:leases"
-LEASE_PREFIX = "wft:lease:"
+LEASES_KEY = keys.LEASES
+LEASE_PREFIX = keys.LEASE
 #: Most lost messages one sweep restores; the rest wait for the next sweep.
 SWEEP_LIMIT = 1000
 
