@@ -281,6 +281,7 @@ class EmbeddedVectorService:
         Raises:
             InvalidInput: a bad name, text, metadata or id, or an embedding of another dimension than the
                 collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             BackendUnavailable: the SQLite file cannot be written.
         """
         collection = validate_collection_name(collection_name)
@@ -299,6 +300,8 @@ class EmbeddedVectorService:
         Raises:
             InvalidInput: a bad item (its index is named) or a vector of another dimension than the
                 collection's; nothing is stored then.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model (precomputed
+                vectors are taken to be the service embedder's); nothing is stored then.
             BackendUnavailable: the SQLite file cannot be written.
         """
         collection = validate_collection_name(collection_name)
@@ -445,6 +448,7 @@ class EmbeddedVectorService:
 
         Raises:
             InvalidInput: bad arguments, or a query embedding of another dimension than the collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             BackendUnavailable: the SQLite file cannot be read.
         """
         collection = validate_collection_name(collection_name)
