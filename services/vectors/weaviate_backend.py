@@ -93,7 +93,7 @@ class WeaviateVectorService:
     ``WEAVIATE_API_KEY`` unless one is given.
 
     Args:
-        client: a connected ``weaviate.WeaviateClient`` (or a stand-in of its surface, in tests).
+        client: a connected ``weaviate.WeaviateClient`` (the service then leaves closing it to the caller).
         embedder: turns texts into vectors (default :func:`services.embeddings.get_embedder`).
     """
 
