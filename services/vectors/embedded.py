@@ -37,9 +37,11 @@ from config import get_settings
 from fabric.errors import BackendUnavailable, ConfigurationError
 from services.embeddings.base import Embedder
 from services.vectors.base import (
+    CollectionInfo,
     FloatMatrix,
     PreparedItem,
     SearchResult,
+    check_model,
     dimension_mismatch,
     embed_query,
     filter_terms,
@@ -97,6 +99,7 @@ class _Index:
 
     generation: str
     dimension: int
+    model: str | None = None
     last_seq: int = 0
     size: int = 0  # slots used in ``vectors`` (live + dead)
     vectors: FloatMatrix = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
@@ -278,6 +281,7 @@ class EmbeddedVectorService:
         Raises:
             InvalidInput: a bad name, text, metadata or id, or an embedding of another dimension than the
                 collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             BackendUnavailable: the SQLite file cannot be written.
         """
         collection = validate_collection_name(collection_name)
@@ -296,6 +300,8 @@ class EmbeddedVectorService:
         Raises:
             InvalidInput: a bad item (its index is named) or a vector of another dimension than the
                 collection's; nothing is stored then.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model (precomputed
+                vectors are taken to be the service embedder's); nothing is stored then.
             BackendUnavailable: the SQLite file cannot be written.
         """
         collection = validate_collection_name(collection_name)
@@ -309,17 +315,25 @@ class EmbeddedVectorService:
     def _upsert(self, collection: str, items: Sequence[PreparedItem], vectors: FloatMatrix) -> None:
         conn = self._connection()
         dimension = int(vectors.shape[1])
+        model = self.embedder.model_name
         with self._sqlite_errors(f"storing {len(items)} vectors in {collection!r}"), self._write(conn):
             conn.execute(
                 "INSERT OR IGNORE INTO collections"
                 " (name, dimension, generation, last_seq, embedder, created_at) VALUES (?, ?, ?, 0, ?, ?)",
-                (collection, dimension, uuid.uuid4().hex, self._embedder_name(), time.time()),
+                (collection, dimension, uuid.uuid4().hex, model, time.time()),
             )
-            (fixed,) = conn.execute(
-                "SELECT dimension FROM collections WHERE name = ?", (collection,)
+            fixed, recorded = conn.execute(
+                "SELECT dimension, embedder FROM collections WHERE name = ?", (collection,)
             ).fetchone()
+            # The model first: a changed model is the likelier cause of a changed dimension, and its error
+            # says what to do about both.
+            check_model(collection, CollectionInfo(fixed, recorded), self.embedder)
             if fixed != dimension:
                 raise dimension_mismatch(collection, fixed, dimension)
+            if recorded is None:
+                # A collection from before models were recorded: its vectors have this dimension, so they
+                # are taken to be this model's from now on (which is what searching them assumed anyway).
+                conn.execute("UPDATE collections SET embedder = ? WHERE name = ?", (model, collection))
             (last,) = conn.execute(
                 "UPDATE collections SET last_seq = last_seq + ? WHERE name = ? RETURNING last_seq",
                 (len(items), collection),
@@ -349,9 +363,6 @@ class EmbeddedVectorService:
                     "DELETE FROM deletions WHERE collection = ? AND id = ?",
                     ((collection, item.id) for item in items),
                 )
-
-    def _embedder_name(self) -> str | None:
-        return self._embedder.model_name if self._embedder is not None else None
 
     def delete_vector(self, collection_name: str, vector_id: str) -> bool:
         """Delete one vector; return True if it existed.
@@ -403,11 +414,18 @@ class EmbeddedVectorService:
 
     def dimension(self, collection_name: str) -> int | None:
         """The collection's fixed dimension, or None if it does not exist."""
+        info = self.collection_info(collection_name)
+        return None if info is None else info.dimension
+
+    def collection_info(self, collection_name: str) -> CollectionInfo | None:
+        """The dimension and embedding model the collection records, or None if it does not exist."""
         collection = validate_collection_name(collection_name)
         conn = self._connection()
         with self._sqlite_errors(f"reading {collection!r}"):
-            row = conn.execute("SELECT dimension FROM collections WHERE name = ?", (collection,)).fetchone()
-        return None if row is None else int(row[0])
+            row = conn.execute(
+                "SELECT dimension, embedder FROM collections WHERE name = ?", (collection,)
+            ).fetchone()
+        return None if row is None else CollectionInfo(int(row[0]), row[1])
 
     def search_similar(
         self,
@@ -430,6 +448,7 @@ class EmbeddedVectorService:
 
         Raises:
             InvalidInput: bad arguments, or a query embedding of another dimension than the collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             BackendUnavailable: the SQLite file cannot be read.
         """
         collection = validate_collection_name(collection_name)
@@ -440,6 +459,7 @@ class EmbeddedVectorService:
             index = self._catch_up(collection)
             if index is None:
                 return []
+            check_model(collection, CollectionInfo(index.dimension, index.model), self.embedder)
             if query.shape[0] != index.dimension:
                 raise dimension_mismatch(collection, index.dimension, query.shape[0], what="query embedding")
             slots, scores = self._top(index, query, limit, float(score_threshold), terms)
@@ -595,17 +615,19 @@ class EmbeddedVectorService:
             conn.execute("BEGIN")
             try:
                 head = conn.execute(
-                    "SELECT generation, dimension, last_seq FROM collections WHERE name = ?", (collection,)
+                    "SELECT generation, dimension, last_seq, embedder FROM collections WHERE name = ?",
+                    (collection,),
                 ).fetchone()
                 if head is None:
                     self._indexes.pop(collection, None)
                     return None
-                generation, dimension, last_seq = head
+                generation, dimension, last_seq, model = head
                 index = self._indexes.get(collection)
                 if index is None or index.generation != generation:
                     index = _Index(generation=generation, dimension=dimension)
                     index.vectors = np.zeros((0, dimension), dtype=np.float32)
                     self._indexes[collection] = index
+                index.model = model
                 if last_seq == index.last_seq:
                     self._maintain(collection, index)
                     return index
@@ -657,7 +679,9 @@ class EmbeddedVectorService:
 
     def _compact(self, index: _Index) -> None:
         keep = np.flatnonzero(index.alive[: index.size])
-        fresh = _Index(generation=index.generation, dimension=index.dimension, last_seq=index.last_seq)
+        fresh = _Index(
+            generation=index.generation, dimension=index.dimension, model=index.model, last_seq=index.last_seq
+        )
         fresh.vectors = np.zeros((0, index.dimension), dtype=np.float32)
         fresh.append(
             [

@@ -1,10 +1,10 @@
 """The Weaviate adapter (``weaviate-client`` v4): the embedded engine's contract, on a Weaviate server.
 
-NOT RUN AGAINST A REAL WEAVIATE HERE. No Weaviate server can run on our machines (``connect_to_embedded``
-downloads a binary and fails), so this module is tested only against ``tests/support/fake_weaviate.py``, a
-stand-in for the parts of the v4 client surface used below, built from the client's own classes (its
-schema builder, Filter objects, BatchObject validation and return types). Run ``tests/vectors`` against a
-real server before relying on it in production.
+TESTED OVER THE WIRE AGAINST A PROTOCOL STAND-IN, NEVER AGAINST A REAL WEAVIATE. No Weaviate server can run
+on our machines, so ``tests/vectors`` run the real client (``weaviate.connect_to_custom``, its REST and gRPC
+transport, serialisation and errors) against ``tests/support/weaviate_server.py``, which serves Weaviate's
+REST paths and gRPC service (the definitions ship with the client) in memory with Weaviate's documented
+semantics. Run ``tests/vectors`` against a real server before relying on it in production.
 
 How our contract maps onto Weaviate:
 
@@ -19,9 +19,11 @@ How our contract maps onto Weaviate:
   ``filter_terms`` (text[], ``field`` tokenization: whole strings, so ``tags="billing"`` never matches
   ``tags="billing-ops"``) holding :func:`services.vectors.base.filter_terms` of the metadata. A filter is
   ``contains_any`` of one term per key, all ANDed: the embedded engine's semantics exactly.
-- A collection's dimension is fixed when it is created and recorded in its description
-  (``dimension=64``), since Weaviate's schema has no field for it; a vector of another dimension is refused
-  before anything is sent.
+- A collection's dimension and embedding model are fixed when it is created and recorded in its
+  description (``dimension=384; model="..."``), since Weaviate's schema has no field for them. Every store
+  and search reads the schema again (one REST call) rather than caching it, because ``wft reindex`` in
+  another process may drop and recreate the collection with another model; a vector of another dimension,
+  or an embedder of another model, is refused before anything is sent.
 - ``insert_many`` reports failures per object: every failed object is raised, with its id and message.
 """
 
@@ -40,9 +42,11 @@ from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, 
 from services.embeddings.base import Embedder
 from services.resilience import circuit
 from services.vectors.base import (
+    CollectionInfo,
     FloatMatrix,
     PreparedItem,
     SearchResult,
+    check_model,
     dimension_mismatch,
     embed_query,
     prepare_item,
@@ -62,6 +66,7 @@ VECTOR_NAME = "default"
 #: Objects per insert_many call: keeps each gRPC message well under Weaviate's default 10 MB limit.
 INSERT_CHUNK = 1000
 _DIMENSION_RE = re.compile(r"\bdimension=(\d+)\b")
+_MODEL_RE = re.compile(r'\bmodel=("(?:[^"\\]|\\.)*")')
 #: Per-object batch errors that a later attempt can get past (the rest are refused input).
 _TRANSIENT_MARKERS = ("timeout", "deadline", "unavailable", "connection", "too many", "context canceled")
 
@@ -88,7 +93,7 @@ class WeaviateVectorService:
     ``WEAVIATE_API_KEY`` unless one is given.
 
     Args:
-        client: a connected ``weaviate.WeaviateClient`` (or a stand-in of its surface, in tests).
+        client: a connected ``weaviate.WeaviateClient`` (the service then leaves closing it to the caller).
         embedder: turns texts into vectors (default :func:`services.embeddings.get_embedder`).
     """
 
@@ -97,7 +102,6 @@ class WeaviateVectorService:
         self._owns_client = client is None
         self._embedder = embedder
         self._lock = threading.Lock()
-        self._dimensions: dict[str, int] = {}
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -127,7 +131,7 @@ class WeaviateVectorService:
     def _connect(self) -> WeaviateClient:
         import weaviate
         from weaviate.classes.init import Auth
-        from weaviate.exceptions import WeaviateBaseError
+        from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 
         settings = get_settings()
         url = urlsplit(settings.weaviate_url)
@@ -145,7 +149,19 @@ class WeaviateVectorService:
                 grpc_secure=secure,
                 auth_credentials=Auth.api_key(api_key.get_secret_value()) if api_key else None,
             )
+        except UnexpectedStatusCodeError as exc:
+            if exc.status_code in {401, 403}:
+                raise ConfigurationError(
+                    f"Weaviate at {settings.weaviate_url} refused the connection ({exc.status_code}): check "
+                    f"WEAVIATE_API_KEY: {exc.message}"
+                ) from exc
+            raise BackendUnavailable(f"cannot connect to Weaviate at {settings.weaviate_url}: {exc}") from exc
         except WeaviateBaseError as exc:
+            if "is not supported" in exc.message:
+                # The client refuses servers older than it supports (1.27 for client 4.x): no retry helps.
+                raise ConfigurationError(
+                    f"Weaviate at {settings.weaviate_url} is too old for weaviate-client: {exc.message}"
+                ) from exc
             raise BackendUnavailable(f"cannot connect to Weaviate at {settings.weaviate_url}: {exc}") from exc
 
     @contextmanager
@@ -183,30 +199,38 @@ class WeaviateVectorService:
 
     # --- collections ---------------------------------------------------------------------------------
 
-    def _dimension(self, collection: str) -> int | None:
-        """The collection's fixed dimension, or None if it does not exist."""
-        cached = self._dimensions.get(collection)
-        if cached is not None:
-            return cached
+    def collection_info(self, collection_name: str) -> CollectionInfo | None:
+        """The dimension and embedding model the collection records, or None if it does not exist.
+
+        Raises:
+            ConfigurationError: the class exists but was not created by this service.
+            BackendUnavailable: the server did not answer.
+        """
+        from weaviate.exceptions import UnexpectedStatusCodeError
+
+        collection = validate_collection_name(collection_name)
         name = weaviate_class_name(collection)
         with self._errors(f"reading collection {name}"):
-            if not self.client.collections.exists(name):
-                return None
-            description = self.client.collections.get(name).config.get().description or ""
-        match = _DIMENSION_RE.search(description)
-        if match is None:
+            try:
+                description = self.client.collections.get(name).config.get().description or ""
+            except UnexpectedStatusCodeError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+        dimension = _DIMENSION_RE.search(description)
+        if dimension is None:
             raise ConfigurationError(
                 f"Weaviate collection {name} was not created by this service (its description "
                 f"{description!r} records no dimension); use another collection name or delete it"
             )
-        self._dimensions[collection] = int(match.group(1))
-        return self._dimensions[collection]
+        model = _MODEL_RE.search(description)
+        return CollectionInfo(int(dimension.group(1)), json.loads(model.group(1)) if model else None)
 
     def _ensure_collection(self, collection: str, dimension: int) -> None:
         from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
-        fixed = self._dimension(collection)
-        if fixed is None:
+        info = self.collection_info(collection)
+        if info is None:
             name = weaviate_class_name(collection)
             properties = [
                 Property(name="vector_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
@@ -231,11 +255,12 @@ class WeaviateVectorService:
                 name=VECTOR_NAME,
                 vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
             )
+            model = json.dumps(self.embedder.model_name, ensure_ascii=True)
             try:
                 with self._errors(f"creating collection {name}"):
                     self.client.collections.create(
                         name,
-                        description=f"workflow-tasks vectors; dimension={dimension}",
+                        description=f"workflow-tasks vectors; dimension={dimension}; model={model}",
                         properties=properties,
                         vector_config=vector_config,
                     )
@@ -243,9 +268,12 @@ class WeaviateVectorService:
                 # Another worker may have created it first (Weaviate answers 422); that one is fine to use.
                 if not self._collection_exists(collection):
                     raise
-            fixed = self._dimension(collection)
-        if fixed is not None and fixed != dimension:
-            raise dimension_mismatch(collection, fixed, dimension)
+            info = self.collection_info(collection)
+            if info is None:
+                raise BackendUnavailable(f"Weaviate collection {name} vanished right after it was created")
+        check_model(collection, info, self.embedder)
+        if info.dimension != dimension:
+            raise dimension_mismatch(collection, info.dimension, dimension)
 
     def _collection_exists(self, collection: str) -> bool:
         name = weaviate_class_name(collection)
@@ -256,7 +284,6 @@ class WeaviateVectorService:
         """Drop a collection and its objects; return True if it existed."""
         collection = validate_collection_name(collection_name)
         name = weaviate_class_name(collection)
-        self._dimensions.pop(collection, None)
         with self._errors(f"deleting collection {name}"):
             if not self.client.collections.exists(name):
                 return False
@@ -281,6 +308,7 @@ class WeaviateVectorService:
 
         Raises:
             InvalidInput: a bad item or a vector of another dimension than the collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             WeaviateBatchError: Weaviate refused some objects (each id and reason named); others are stored.
             BackendUnavailable: the server did not answer, or failed objects for a transient reason.
         """
@@ -377,6 +405,7 @@ class WeaviateVectorService:
 
         Raises:
             InvalidInput: bad arguments, or a query embedding of another dimension than the collection's.
+            EmbeddingModelMismatch: the collection holds vectors of another embedding model.
             BackendUnavailable: the server did not answer.
         """
         from weaviate.classes.query import Filter, MetadataQuery
@@ -384,12 +413,13 @@ class WeaviateVectorService:
         collection = validate_collection_name(collection_name)
         validate_search(collection, query_text, limit, score_threshold)
         terms = query_terms(collection, filters)
-        dimension = self._dimension(collection)
-        if dimension is None:
+        info = self.collection_info(collection)
+        if info is None:
             return []
+        check_model(collection, info, self.embedder)
         query = embed_query(collection, query_text, self.embedder)
-        if query.shape[0] != dimension:
-            raise dimension_mismatch(collection, dimension, int(query.shape[0]), what="query embedding")
+        if query.shape[0] != info.dimension:
+            raise dimension_mismatch(collection, info.dimension, int(query.shape[0]), what="query embedding")
         where = (
             Filter.all_of([Filter.by_property("filter_terms").contains_any([term]) for term in terms])
             if terms

@@ -1,4 +1,5 @@
-"""The offline default: the bundled tokenlearn static model, and the cached factory that chooses a backend."""
+"""The offline static model (``LOCAL_EMBEDDING_MODEL=static``), and the cached factory that chooses a
+backend."""
 
 from __future__ import annotations
 
@@ -128,14 +129,23 @@ def test_loads_and_embeds_with_the_network_forbidden() -> None:
     assert result.stdout.strip() == "(2, 64)"
 
 
-def test_factory_defaults_to_local_and_caches(fresh_settings: pytest.MonkeyPatch) -> None:
+def test_factory_defaults_to_local_minilm_and_caches(fresh_settings: pytest.MonkeyPatch) -> None:
+    from services.embeddings.onnx import MINILM_L3, MINILM_L6, OnnxEmbedder
+
     fresh_settings.delenv("EMBEDDINGS", raising=False)
+    fresh_settings.delenv("LOCAL_EMBEDDING_MODEL", raising=False)
     reload_settings()
     first = get_embedder()
-    assert isinstance(first, LocalEmbedder)
+    assert isinstance(first, OnnxEmbedder) and first.model is MINILM_L6
     assert get_embedder() is first
     reset_embedder()
     assert get_embedder() is not first
+    for key, expected in (("static", LocalEmbedder), ("minilm-l3", OnnxEmbedder)):
+        fresh_settings.setenv("LOCAL_EMBEDDING_MODEL", key)
+        reload_settings()
+        reset_embedder()
+        assert isinstance(get_embedder(), expected)
+    assert isinstance(chosen := get_embedder(), OnnxEmbedder) and chosen.model is MINILM_L3
 
 
 def test_factory_builds_openai_from_settings(fresh_settings: pytest.MonkeyPatch) -> None:

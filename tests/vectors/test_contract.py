@@ -1,15 +1,17 @@
-"""The vector contract: the same tests on the embedded engine and on the Weaviate adapter (stand-in)."""
+"""The vector contract: the same tests on the embedded engine and on the Weaviate adapter (the real client
+over the wire against the protocol stand-in)."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
-from fabric.errors import InvalidInput
+from fabric.errors import ConfigurationError, InvalidInput
 from services.embeddings.base import Embedder
-from services.vectors.base import VectorService
+from services.vectors.base import CollectionInfo, EmbeddingModelMismatch, VectorService
 
 WORKFLOWS = [
     (
@@ -208,23 +210,53 @@ def test_other_instance_sees_writes(stored: VectorService, other_instance: Vecto
 
 
 def test_dimension_is_fixed_when_the_collection_is_created(
-    stored: VectorService, narrower_service: VectorService
+    stored: VectorService, narrower_service: VectorService, embedder: Embedder
 ) -> None:
-    with pytest.raises(InvalidInput, match=r"'workflows'.*64.*32"):
+    full = embedder.dimension
+    # Another model (here: the same one cut to 32 dimensions) is refused first for being another model.
+    with pytest.raises(
+        EmbeddingModelMismatch, match=rf"'workflows'.*{full} dimensions.*32 dimensions.*wft reindex"
+    ):
         narrower_service.store_vector("workflows", "Send invoice reminders", {})
-    with pytest.raises(InvalidInput, match=r"'workflows'.*64.*32"):
+    with pytest.raises(EmbeddingModelMismatch, match=r"'workflows'.*wft reindex"):
         narrower_service.search_similar("workflows", "Send invoice reminders")
-    with pytest.raises(InvalidInput, match=r"'workflows'.*64.*3 "):
+    with pytest.raises(InvalidInput, match=rf"'workflows'.*{full}.*3 "):
         stored.store_vectors("workflows", [{"text": "precomputed", "vector": [0.1, 0.2, 0.3]}])
     assert stored.count("workflows") == len(WORKFLOWS)
-    # A new collection takes the dimension of its first vector.
+    # A new collection takes the dimension (and model) of its first vector.
     narrower_service.store_vector("narrow", "Send invoice reminders", {})
-    with pytest.raises(InvalidInput, match=r"'narrow'.*32.*64"):
+    assert narrower_service.collection_info("narrow") == CollectionInfo(32, f"{embedder.model_name}[:32]")
+    with pytest.raises(EmbeddingModelMismatch, match=rf"'narrow'.*32 dimensions.*{full} dimensions"):
         stored.store_vector("narrow", "Send invoice reminders", {})
     # Deleting a collection frees its name for another dimension.
     assert stored.delete_collection("narrow") is True
     stored.store_vector("narrow", "Send invoice reminders", {})
     assert stored.count("narrow") == 1
+
+
+def test_a_collection_records_its_model_and_refuses_another(
+    stored: VectorService, renamed_service: VectorService, embedder: Embedder
+) -> None:
+    assert stored.collection_info("workflows") == CollectionInfo(embedder.dimension, embedder.model_name)
+    assert stored.collection_info("nothing_here") is None
+    # Same dimension, another model: nothing would catch it but the recorded model.
+    with pytest.raises(EmbeddingModelMismatch, match=r"another-model-v2.*wft reindex") as refused:
+        renamed_service.store_vectors("workflows", [{"id": "new", "text": "Rotate the TLS certificates"}])
+    assert isinstance(refused.value, ConfigurationError)  # permanent: dead-lettered, not retried
+    assert embedder.model_name in str(refused.value)
+    with pytest.raises(EmbeddingModelMismatch, match="another-model-v2"):
+        renamed_service.search_similar("workflows", "Send invoice reminders")
+    assert stored.count("workflows") == len(WORKFLOWS)
+    found = stored.search_similar("workflows", "Rotate the TLS certificates", limit=9, score_threshold=-1)
+    assert "new" not in {r["id"] for r in found}  # nothing of the other model was stored
+    # What `wft reindex` does on a model change: drop, then the new model's vectors make a new collection.
+    assert renamed_service.delete_collection("workflows") is True
+    renamed_service.store_vectors("workflows", [{"id": i, "text": t} for i, t, _ in WORKFLOWS])
+    assert renamed_service.collection_info("workflows") == CollectionInfo(
+        embedder.dimension, "another-model-v2"
+    )
+    with pytest.raises(EmbeddingModelMismatch, match=rf"another-model-v2.*{re.escape(embedder.model_name)}"):
+        stored.search_similar("workflows", "Send invoice reminders")
 
 
 def test_mixed_dimensions_in_one_batch_are_refused(vector_service: VectorService) -> None:

@@ -223,3 +223,26 @@ def test_health_check_reports_an_unusable_path(tmp_path: Path, embedder: Embedde
     blocker.write_text("not a directory")
     health = EmbeddedVectorService(path=blocker / "vectors.db", embedder=embedder).health_check()
     assert health["status"] == "unhealthy" and str(blocker) in health["error"]
+
+
+def test_a_collection_from_before_models_were_recorded_adopts_the_model(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    import sqlite3
+
+    from services.vectors.base import CollectionInfo, EmbeddingModelMismatch
+    from tests.vectors.conftest import RenamedEmbedder
+
+    path = tmp_path / "v.db"
+    service = EmbeddedVectorService(path=path, embedder=embedder)
+    service.store_vector("legacy", "Send invoice reminders", {}, vector_id="a")
+    with sqlite3.connect(path) as conn:  # as an older version left it: no model recorded
+        conn.execute("UPDATE collections SET embedder = NULL WHERE name = 'legacy'")
+    fresh = EmbeddedVectorService(path=path, embedder=embedder)
+    assert fresh.collection_info("legacy") == CollectionInfo(embedder.dimension, None)
+    assert fresh.search_similar("legacy", "Send invoice reminders")[0]["id"] == "a"  # dimension alone checked
+    fresh.store_vector("legacy", "Back up the database", {}, vector_id="b")
+    assert fresh.collection_info("legacy") == CollectionInfo(embedder.dimension, embedder.model_name)
+    other = EmbeddedVectorService(path=path, embedder=RenamedEmbedder(embedder, "another-model-v2"))
+    with pytest.raises(EmbeddingModelMismatch, match="wft reindex"):
+        other.search_similar("legacy", "Send invoice reminders")

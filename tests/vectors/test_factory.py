@@ -48,3 +48,23 @@ def test_weaviate_backend_by_configuration_connects_nothing_until_used(
     service = get_vector_service()
     assert isinstance(service, WeaviateVectorService)
     assert service._client is None
+
+
+def test_reindex_drops_a_collection_of_another_model_only() -> None:
+    from services.embeddings import get_embedder
+    from services.vectors import drop_if_model_changed
+    from services.vectors.embedded import EmbeddedVectorService
+    from tests.vectors.conftest import RenamedEmbedder
+
+    service = get_vector_service()
+    assert isinstance(service, EmbeddedVectorService)
+    old = EmbeddedVectorService(path=service.path, embedder=RenamedEmbedder(get_embedder(), "old-model-v1"))
+    old.store_vector("reindex_check", "Send invoice reminders", {}, vector_id="x")
+    assert drop_if_model_changed("nothing_here") is None
+    dropped = drop_if_model_changed("reindex_check")
+    assert dropped is not None and dropped.model == "old-model-v1"
+    assert service.collection_info("reindex_check") is None
+    service.store_vector("reindex_check", "Send invoice reminders", {}, vector_id="x")  # the rebuild
+    assert drop_if_model_changed("reindex_check") is None  # same model: kept
+    assert service.count("reindex_check") == 1
+    service.delete_collection("reindex_check")
