@@ -8,6 +8,7 @@ Routes are declared here once: a task named ``<queue>.<something>`` runs on ``<q
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +33,25 @@ def broker_priority(priority: int, broker_url: str) -> int:
     RabbitMQ runs higher numbers first; kombu's Redis transport pops the lowest number first.
     """
     return (PRIORITY_LEVELS - 1 - priority) if broker_is_redis(broker_url) else priority
+
+
+@dataclass(frozen=True)
+class RetryLimits:
+    """A Celery task annotation: ``MAX_RETRIES`` and ``RETRY_BACKOFF_MAX`` set on each task class when the
+    app binds it, from the settings the app was configured with (not those in force at import).
+
+    A task class that sets ``retries_forever = True`` keeps ``max_retries = None`` (the dead-letter consumer
+    retries for as long as it takes)."""
+
+    max_retries: int
+    retry_backoff_max: int
+
+    def annotate(self, task: Any) -> dict[str, int | None]:
+        forever = getattr(task, "retries_forever", False)
+        return {
+            "max_retries": None if forever else self.max_retries,
+            "retry_backoff_max": self.retry_backoff_max,
+        }
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -75,6 +95,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "task_annotations": (RetryLimits(settings.max_retries, settings.retry_backoff_max),),
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "result_expires": settings.result_expires,

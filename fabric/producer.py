@@ -9,10 +9,10 @@ The guide's pull-style ``dequeue/ack/nack`` loop is gone: Celery workers consume
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -24,11 +24,21 @@ from kombu.exceptions import OperationalError
 from config import QUEUES, Settings, get_settings
 from config.queues import Queue
 from fabric import celery_config, deliveries
-from fabric.contracts import EXECUTE, Action, ExecuteWorkflow, JsonObject, resolve_queue, validate
+from fabric.contracts import (
+    EXECUTE,
+    Action,
+    ExecuteWorkflow,
+    JsonObject,
+    Payload,
+    known_actions,
+    resolve_queue,
+    validate,
+)
 from fabric.dead_letters import DeadLetter, DeadLetterStore
 from fabric.envelopes import pack_items
 from fabric.errors import BackendUnavailable, InvalidInput, NotFound
 from fabric.redis_clients import get_redis
+from fabric.registry import PerProcess
 from fabric.result_backend import ProducerRedisBackend, backend_url
 from fabric.statuses import item_id, item_status, split_item_id
 
@@ -79,6 +89,33 @@ def _check_range(name: str, value: object, low: float, high: float, integer: boo
     return value
 
 
+@dataclass(frozen=True)
+class Timing:
+    """When a message may run and until when: ``countdown`` and ``expires`` in seconds, or None."""
+
+    countdown: float | None = None
+    expires: float | None = None
+
+
+@dataclass
+class Message:
+    """One message as every send path prepares it (:meth:`MessageQueue.prepare`): the action it runs, its
+    JSON payload, its priority (0-9, higher first) and its id (given, or assigned when it is sent)."""
+
+    action: Action
+    body: JsonObject
+    priority: int
+    id: str | None = None
+    #: The task and keyword arguments sent; by default the action's task with ``{"payload": body}``.
+    task: str = ""
+    kwargs: JsonObject | None = None
+
+    def __post_init__(self) -> None:
+        self.task = self.task or self.action.task
+        if self.kwargs is None:
+            self.kwargs = {"payload": self.body}
+
+
 class MessageQueue:
     """Enqueue work on the named queues and follow it: statuses, queue depths, dead letters."""
 
@@ -91,6 +128,36 @@ class MessageQueue:
     def redis_client(self) -> redis.Redis:
         """The Redis client the guide's CacheService borrows (``REDIS_URL``)."""
         return get_redis(self.settings.redis_url)
+
+    def prepare(
+        self, queue_name: object, payload: object, priority: int | None = None, message_id: str | None = None
+    ) -> Message:
+        """Validate one message as every send path does: the payload against its queue's contract, the
+        priority (the call's, else the payload's own ``priority`` field, else 0), and an execution's id (its
+        message id unless the payload names one, so it stays the same through redeliveries and replays).
+
+        Raises :class:`InvalidInput` naming the problem. Sends nothing."""
+        action, body = validate(queue_name, payload)
+        effective = priority if priority is not None else body.get("priority", 0)
+        checked = int(_check_range("priority", effective, 0, 9, integer=True))
+        if action.model is ExecuteWorkflow:
+            message_id = message_id or str(uuid.uuid4())
+            body.setdefault("execution_id", message_id)
+        return Message(action, body, checked, message_id)
+
+    def timing(self, delay_seconds: float = 0, ttl_seconds: float | None = None) -> Timing:
+        """Check ``delay_seconds`` (0 .. ``MAX_DELAY_SECONDS``) and ``ttl_seconds`` (1 ..
+        ``MAX_TTL_SECONDS``, longer than the delay). Raises :class:`InvalidInput`."""
+        delay = _check_range("delay_seconds", delay_seconds, 0, self.settings.max_delay_seconds)
+        ttl = None
+        if ttl_seconds is not None:
+            ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
+            if ttl <= delay:
+                raise InvalidInput(
+                    f"ttl_seconds ({ttl_seconds}) must be longer than delay_seconds ({delay_seconds}), "
+                    "or the message would expire before it may run"
+                )
+        return Timing(countdown=delay or None, expires=ttl)
 
     def enqueue(
         self,
@@ -110,24 +177,12 @@ class MessageQueue:
         and its status says ``EXPIRED``.
         Raises :class:`InvalidInput` naming the problem (nothing is sent) or :class:`BackendUnavailable`.
         """
-        action, body = validate(queue_name, payload)
-        effective_priority = priority if priority is not None else body.get("priority", 0)
-        pri = int(_check_range("priority", effective_priority, 0, 9, integer=True))
-        delay = _check_range("delay_seconds", delay_seconds, 0, self.settings.max_delay_seconds)
-        ttl = None
-        if ttl_seconds is not None:
-            ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
-            if ttl <= delay:
-                raise InvalidInput(
-                    f"ttl_seconds ({ttl_seconds}) must be longer than delay_seconds ({delay_seconds}), "
-                    "or the message would expire before it may run"
-                )
-        message_id = message_id or str(uuid.uuid4())
-        if action.model is ExecuteWorkflow and "execution_id" not in body:
-            # The execution keeps its identity across redeliveries and dead-letter replays.
-            body["execution_id"] = message_id
-        self._send(action.task, body, action.queue, pri, message_id, countdown=delay or None, expires=ttl)
-        return message_id
+        message = self.prepare(queue_name, payload, priority, message_id)
+        timing = self.timing(delay_seconds, ttl_seconds)
+        try:
+            return self._publish(message, timing)
+        except OperationalError as exc:
+            raise self._unreachable(f"could not send to queue '{message.action.queue.value}'", exc) from exc
 
     def enqueue_many(
         self,
@@ -149,24 +204,17 @@ class MessageQueue:
         queue = resolve_queue(queue_name)
         if isinstance(payloads, Mapping) or not isinstance(payloads, Sequence):
             raise InvalidInput("payloads must be a list of JSON objects")
-        validated = []
-        for index, payload in enumerate(payloads):
-            try:
-                validated.append(validate(queue.value, payload))
-            except InvalidInput as exc:
-                raise InvalidInput(f"payloads[{index}]: {exc}") from None
-        pri = int(_check_range("priority", priority if priority is not None else 0, 0, 9, integer=True))
-        delay = _check_range("delay_seconds", delay_seconds, 0, self.settings.max_delay_seconds)
-        ttl = None
-        if ttl_seconds is not None:
-            ttl = _check_range("ttl_seconds", ttl_seconds, 1, self.settings.max_ttl_seconds)
-        countdown = delay or None
-        bulk = all(action.bulk for action, _ in validated)
+        messages = [
+            self._prepare_at(index, queue, payload, priority) for index, payload in enumerate(payloads)
+        ]
+        timing = self.timing(delay_seconds, ttl_seconds)
+        bulk = all(message.action.bulk for message in messages)
         try:
             with self.app.producer_or_acquire() as producer:
                 if bulk:
-                    return self._send_envelopes(producer, queue, validated, pri, countdown, ttl)
-                return self._send_each(producer, validated, pri, countdown, ttl)
+                    return self._send_envelopes(producer, queue, messages, timing)
+                with producer.batch(max_size=1000):  # 1,000 Redis commands per round trip
+                    return [self._publish(message, timing, producer) for message in messages]
         except OperationalError as exc:
             after = (
                 "; envelopes sent before the failure stay queued, and sending the call again is safe "
@@ -174,108 +222,88 @@ class MessageQueue:
                 if bulk
                 else ""
             )
-            raise BackendUnavailable(
-                f"could not send {len(validated)} messages to '{queue.value}': broker at "
-                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc}){after}"
+            raise self._unreachable(
+                f"could not send {len(messages)} messages to '{queue.value}'", exc, after
             ) from exc
-
-    def _send_envelopes(
-        self, producer: Any, queue: Queue, validated: list[tuple[Action, JsonObject]], priority: int,
-        countdown: float | None, expires: float | None,
-    ) -> list[str]:  # fmt: skip
-        """Pack the messages into envelopes of ``BULK_ENVELOPE_SIZE`` and send each as soon as it is packed,
-        so workers start on the first while the rest are packed. Message i of envelope E is ``E.i``: no
-        id travels, and the consumer records the outcome of a whole envelope at once."""
-        ids: list[str] = []
-        size = self.settings.bulk_envelope_size
-        with producer.batch(max_size=1):
-            for start in range(0, len(validated), size):
-                envelope = str(uuid.uuid4())
-                chunk = validated[start : start + size]
-                items = [{"action": action.name, "payload": body} for action, body in chunk]
-                options = self._options(queue, priority, envelope, countdown, expires)
-                # One compressed text (see fabric.envelopes for why and what it saves).
-                self.app.send_task(
-                    f"{queue.value}.bulk", kwargs={"packed_items": pack_items(items)}, producer=producer,
-                    kwargsrepr=f"{{'packed_items': <{len(items)} messages>}}", **options,
-                )  # fmt: skip
-                ids += [item_id(envelope, i) for i in range(len(items))]
-        return ids
-
-    def _send_each(
-        self, producer: Any, validated: list[tuple[Action, JsonObject]], priority: int,
-        countdown: float | None, expires: float | None,
-    ) -> list[str]:  # fmt: skip
-        """One Celery message per payload (each execution runs its own pipeline), 1,000 Redis commands per
-        round trip."""
-        ids = [str(uuid.uuid4()) for _ in validated]
-        with producer.batch(max_size=1000):
-            for message_id, (action, body) in zip(ids, validated, strict=True):
-                if action.model is ExecuteWorkflow and "execution_id" not in body:
-                    body["execution_id"] = message_id
-                options = self._options(action.queue, priority, message_id, countdown, expires)
-                self.app.send_task(action.task, kwargs={"payload": body}, producer=producer, **options)
-        return ids
 
     def enqueue_group(self, messages: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Validate every ``(queue_name, payload)`` and send them together as a Celery ``group``.
 
         Nothing is sent if any payload is invalid; the error names its position. Returns the message ids.
         """
-        signatures = []
-        ids = []
+        prepared = []
         for index, (queue_name, payload) in enumerate(messages):
             try:
-                action, body = validate(queue_name, payload)
+                prepared.append(self.prepare(queue_name, payload))
             except InvalidInput as exc:
                 raise InvalidInput(f"message {index}: {exc}") from None
-            message_id = str(uuid.uuid4())
-            options = self._options(action.queue, 0, message_id)
-            signatures.append(self.app.signature(action.task, kwargs={"payload": body}, **options))
-            ids.append(message_id)
+        signatures = []
+        for message in prepared:
+            message.id = message.id or str(uuid.uuid4())
+            signatures.append(
+                self.app.signature(message.task, kwargs=message.kwargs, **self._options(message, Timing()))
+            )
         try:
             group(signatures).apply_async()
         except OperationalError as exc:
-            raise BackendUnavailable(f"could not send a group of {len(ids)} messages: {exc}") from exc
+            raise self._unreachable(f"could not send a group of {len(prepared)} messages", exc) from exc
+        return [str(message.id) for message in prepared]
+
+    def _prepare_at(self, index: int, queue: Queue, payload: object, priority: int | None) -> Message:
+        try:
+            return self.prepare(queue, payload, priority)
+        except InvalidInput as exc:
+            raise InvalidInput(f"payloads[{index}]: {exc}") from None
+
+    def _send_envelopes(
+        self, producer: Any, queue: Queue, messages: list[Message], timing: Timing
+    ) -> list[str]:
+        """Pack the messages into envelopes of ``BULK_ENVELOPE_SIZE`` and send each as soon as it is packed,
+        so workers start on the first while the rest are packed. Message i of envelope E is ``E.i``: no
+        id travels, and the consumer records the outcome of a whole envelope at once. (Bulk payloads carry
+        no priority of their own: an envelope has the call's.)"""
+        ids: list[str] = []
+        size = self.settings.bulk_envelope_size
+        with producer.batch(max_size=1):
+            for start in range(0, len(messages), size):
+                chunk = messages[start : start + size]
+                items = [{"action": message.action.name, "payload": message.body} for message in chunk]
+                # One compressed text (see fabric.envelopes for why and what it saves).
+                packed = {"packed_items": pack_items(items)}
+                envelope = Message(
+                    chunk[0].action, {}, chunk[0].priority, str(uuid.uuid4()), f"{queue.value}.bulk", packed
+                )
+                self._publish(
+                    envelope, timing, producer, kwargsrepr=f"{{'packed_items': <{len(items)} messages>}}"
+                )
+                ids += [item_id(str(envelope.id), i) for i in range(len(items))]
         return ids
 
-    def _options(
-        self, queue: Queue, priority: int, message_id: str, countdown: float | None = None,
-        expires: float | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    def _options(self, message: Message, timing: Timing) -> dict[str, Any]:
+        queue = message.action.queue.value
         return {
-            "task_id": message_id,
-            "queue": queue.value,
-            "routing_key": queue.value,
-            "priority": celery_config.broker_priority(priority, self.settings.effective_broker_url),
-            "countdown": countdown,
-            "expires": expires,
-            "headers": {"wft_priority": priority},
+            "task_id": message.id,
+            "queue": queue,
+            "routing_key": queue,
+            "priority": celery_config.broker_priority(message.priority, self.settings.effective_broker_url),
+            "countdown": timing.countdown,
+            "expires": timing.expires,
+            "headers": {"wft_priority": message.priority},
         }
 
-    def _send(
-        self,
-        task: str,
-        body: JsonObject,
-        queue: Queue,
-        priority: int,
-        message_id: str,
-        countdown: float | None = None,
-        expires: float | None = None,
-        kwargs: JsonObject | None = None,
-    ) -> None:
-        """Send ``task`` with ``{"payload": body}`` (or with ``kwargs`` exactly, when given), by task name:
-        the producer needs none of the worker code, and what follows (an execution's pipeline) is attached
-        by the worker that runs it."""
-        options = self._options(queue, priority, message_id, countdown, expires)
-        kwargs = {"payload": body} if kwargs is None else kwargs
-        try:
-            self.app.send_task(task, kwargs=kwargs, **options)
-        except OperationalError as exc:
-            raise BackendUnavailable(
-                f"could not send to queue '{queue.value}': broker at "
-                f"{redact_url(self.settings.effective_broker_url)} is unreachable ({exc})"
-            ) from exc
+    def _publish(self, message: Message, timing: Timing, producer: Any = None, **extra: Any) -> str:
+        """Send one prepared message by task name (the producer needs none of the worker code; what follows
+        an execution is attached by the worker that runs it). Returns its id. Raises kombu's
+        OperationalError when the broker is unreachable."""
+        message.id = message.id or str(uuid.uuid4())
+        self.app.send_task(
+            message.task, kwargs=message.kwargs, producer=producer, **self._options(message, timing), **extra
+        )
+        return message.id
+
+    def _unreachable(self, what: str, exc: BaseException, after: str = "") -> BackendUnavailable:
+        broker = redact_url(self.settings.effective_broker_url)
+        return BackendUnavailable(f"{what}: broker at {broker} is unreachable ({exc}){after}")
 
     def get_status(self, message_id: str) -> dict[str, Any]:
         """Where a message is: ``state`` (PENDING, STARTED, RETRY, SUCCESS, FAILURE, EXPIRED, REVOKED,
@@ -399,16 +427,23 @@ class MessageQueue:
         """
         record = self.dead_letters.get(message_id)
         queue = resolve_queue(record["queue"])
-        new_id = str(uuid.uuid4())
         kwargs = cast("JsonObject", record.get("kwargs") or {})
         payload = cast("JsonObject", kwargs.get("payload", {}))
         if record["task"] == EXECUTE.task and isinstance(payload, dict) and "execution_id" not in payload:
             # The execution keeps its id (its first message's) through a replay, whoever sent it first.
             payload = {**payload, "execution_id": record["id"]}
-        # A whole envelope (dead-lettered as one: poison, retries exhausted) goes back as it came; its
-        # messages are then "<new id>.i".
+        action = next((a for a in known_actions() if a.task == record["task"]), None) or Action(
+            queue, record["task"], Payload, record["task"]
+        )
+        # Sent as it was (a whole envelope dead-lettered as one goes back as it came; its messages are then
+        # "<new id>.i"), not validated again: the contract may have changed since it was accepted.
         envelope = kwargs if record["task"] == f"{queue.value}.bulk" else None
-        self._send(record["task"], payload, queue, int(record.get("priority", 0)), new_id, kwargs=envelope)
+        message = Message(action, payload, int(record.get("priority", 0)), str(uuid.uuid4()),
+                          task=record["task"], kwargs=envelope)  # fmt: skip
+        try:
+            new_id = self._publish(message, Timing())
+        except OperationalError as exc:
+            raise self._unreachable(f"could not replay {message_id} to queue '{queue.value}'", exc) from exc
         self.dead_letters.remove(message_id)
         return new_id
 
@@ -418,24 +453,14 @@ class MessageQueue:
             raise NotFound(f"no dead letter with id {message_id!r}")
 
 
-_lock = threading.Lock()
-_instance: MessageQueue | None = None
+_queue: PerProcess[MessageQueue] = PerProcess("message queue", MessageQueue)
 
 
 def get_message_queue() -> MessageQueue:
-    """The process-wide :class:`MessageQueue`, built on first use."""
-    global _instance  # noqa: PLW0603 - a lazily built per-process singleton, as STYLE rule 3 asks
-    if _instance is None:
-        with _lock:
-            if _instance is None:
-                _instance = MessageQueue()
-    return _instance
+    """This process's :class:`MessageQueue`, built on first use (see :mod:`fabric.registry`)."""
+    return _queue.get()
 
 
 def reset_message_queue() -> None:
-    """Forget the process-wide instance (tests, settings reloads)."""
-    global _instance  # noqa: PLW0603
-    with _lock:
-        if _instance is not None:
-            _instance.close()
-        _instance = None
+    """Close and forget this process's instance (tests, settings reloads)."""
+    _queue.reset()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 from typing import Any
 
@@ -22,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from fabric.errors import InvalidInput
+from fabric.registry import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ class CacheService:
             raise InvalidInput(f"default_ttl must be at least 1 second, got {default_ttl}")
         self._url = url
         self._client = client
-        self._pid = os.getpid()
         self._lock = threading.Lock()
         self.prefix = prefix
         self.default_ttl = default_ttl
@@ -56,10 +55,10 @@ class CacheService:
 
     @property
     def client(self) -> redis.Redis:
-        """The Redis client, built on first use (and again in a forked child)."""
-        if self._client is None or self._pid != os.getpid():
+        """The Redis client, built on first use. A process builds its own cache (:func:`get_cache`)."""
+        if self._client is None:
             with self._lock:
-                if self._client is None or self._pid != os.getpid():
+                if self._client is None:
                     from config import get_settings
 
                     url = self._url or get_settings().effective_cache_url
@@ -71,7 +70,6 @@ class CacheService:
                         retry=Retry(NoBackoff(), 1),
                         health_check_interval=30,
                     )
-                    self._pid = os.getpid()
         return self._client
 
     def _key(self, key: str) -> str:
@@ -149,24 +147,14 @@ class CacheService:
             self._client.close()
 
 
-_cache_lock = threading.Lock()
-_cache: CacheService | None = None
+_cache: PerProcess[CacheService] = PerProcess("cache", CacheService)
 
 
 def get_cache() -> CacheService:
-    """The process's cache on ``effective_cache_url``, built on first call."""
-    global _cache  # noqa: PLW0603 - the one cached instance per process
-    if _cache is None:
-        with _cache_lock:
-            if _cache is None:
-                _cache = CacheService()
-    return _cache
+    """The process's cache on ``effective_cache_url``, built on first call (see :mod:`fabric.registry`)."""
+    return _cache.get()
 
 
 def reset_cache() -> None:
-    """Forget the cached service so the next call reads settings again (tests)."""
-    global _cache  # noqa: PLW0603 - the one cached instance per process
-    with _cache_lock:
-        if _cache is not None:
-            _cache.close()
-        _cache = None
+    """Close and forget the process's cache so the next call reads settings again (tests)."""
+    _cache.reset()

@@ -61,6 +61,7 @@ from config import get_settings
 from fabric import keys
 from fabric.errors import BackendUnavailable, TransientError
 from fabric.redis_clients import get_redis
+from fabric.registry import PerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -460,33 +461,31 @@ class CircuitBreaker:
                 logger.warning("circuit breaker '%s' opened (local state) for %.0fs", self.name, self.timeout)
 
 
-# --- per-process registry --------------------------------------------------------------------------------
+# --- one breaker per backend and process -----------------------------------------------------------------
 
-_breakers: dict[str, CircuitBreaker] = {}
-_registry_lock = threading.Lock()
+
+def _make_breaker(name: str) -> CircuitBreaker:
+    settings = get_settings()
+    return CircuitBreaker(
+        name,
+        failure_threshold=settings.circuit_failure_threshold,
+        timeout=settings.circuit_timeout,
+        window=settings.circuit_window,
+    )
+
+
+_breakers: PerProcess[CircuitBreaker] = PerProcess("circuit breakers", _make_breaker, close=lambda b: None)
 
 
 def get_breaker(name: str) -> CircuitBreaker:
     """The breaker guarding backend ``name`` in this process, configured from the settings
     (``CIRCUIT_FAILURE_THRESHOLD``, ``CIRCUIT_TIMEOUT``, ``CIRCUIT_WINDOW``)."""
-    with _registry_lock:
-        breaker = _breakers.get(name)
-        if breaker is None:
-            settings = get_settings()
-            breaker = CircuitBreaker(
-                name,
-                failure_threshold=settings.circuit_failure_threshold,
-                timeout=settings.circuit_timeout,
-                window=settings.circuit_window,
-            )
-            _breakers[name] = breaker
-        return breaker
+    return _breakers.get(name)
 
 
 def reset_breakers() -> None:
     """Forget this process's breakers (tests that change the settings). Redis state is left alone."""
-    with _registry_lock:
-        _breakers.clear()
+    _breakers.reset()
 
 
 def guarded(name: str, func: Callable[[], T]) -> T:

@@ -42,9 +42,9 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
 
     autoretry_for = (TransientError,)
     retry_backoff = 2
-    retry_backoff_max = get_settings().retry_backoff_max
     retry_jitter = True
-    max_retries = get_settings().max_retries
+    # max_retries and retry_backoff_max come from MAX_RETRIES and RETRY_BACKOFF_MAX when the app binds the
+    # task (fabric.celery_config.RetryLimits), not when this module is imported.
     #: Tasks whose failure must not produce another dead letter (the dead-letter consumer itself).
     dead_letter_on_failure = True
     #: False leaves the task's arguments out of its stored result (see fabric.result_backend).

@@ -16,7 +16,7 @@ from tasks.base import DEAD_LETTER_TASK, BaseTask
 class DeadLetterConsumer(BaseTask):
     # A dead letter that cannot be stored stays in the broker and is retried; it never dead-letters itself.
     dead_letter_on_failure = False
-    max_retries = 1_000_000  # effectively forever, with backoff capped at RETRY_BACKOFF_MAX
+    retries_forever = True  # max_retries None, backoff capped at RETRY_BACKOFF_MAX (fabric.celery_config)
 
 
 @app.task(name=DEAD_LETTER_TASK, base=DeadLetterConsumer, bind=True)

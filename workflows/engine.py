@@ -26,7 +26,6 @@ import copy
 import functools
 import heapq
 import json
-import os
 import queue
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 from config import get_settings
 from config.settings import Settings
 from fabric.errors import InvalidInput, TransientError
+from fabric.registry import PerProcess
 from workflows.model import ExecutionRecord, ExecutionStatus, StepLog, StepStatus, Workflow, new_id, utcnow
 from workflows.steps import Step, StepContext, StepFailed, StepRegistry, StepResult, StepTimeout
 from workflows.validation import WorkflowPlan, validate_workflow
@@ -127,17 +127,14 @@ class _StepThreads:
                 self._idle += 1
 
 
-_threads: tuple[int, _StepThreads] | None = None
-_threads_lock = threading.Lock()
+# A forked worker child builds its own (threads do not survive a fork); never closed: the threads are idle
+# daemons that end with the process.
+_threads: PerProcess[_StepThreads] = PerProcess("workflow step threads", _StepThreads, close=lambda t: None)
 
 
 def _step_threads() -> _StepThreads:
-    """The process's step threads (a forked worker child builds its own: threads do not survive fork)."""
-    global _threads  # noqa: PLW0603 - one lazily built pool per process
-    with _threads_lock:
-        if _threads is None or _threads[0] != os.getpid():
-            _threads = (os.getpid(), _StepThreads())
-        return _threads[1]
+    """The process's step threads."""
+    return _threads.get()
 
 
 class WorkflowEngine:
@@ -417,21 +414,17 @@ class _Run:
         return {node_id: self.outputs[node_id] for node_id in ran}
 
 
-_default_engine: WorkflowEngine | None = None
+_engine: PerProcess[WorkflowEngine] = PerProcess("workflow engine", WorkflowEngine, close=lambda e: None)
 
 
 def get_engine() -> WorkflowEngine:
     """The process's engine over the default step registry and settings."""
-    global _default_engine  # noqa: PLW0603 - a per-process lazy singleton, reset by reset_engine
-    if _default_engine is None:
-        _default_engine = WorkflowEngine()
-    return _default_engine
+    return _engine.get()
 
 
 def reset_engine() -> None:
     """Forget the process's engine (tests that change settings)."""
-    global _default_engine  # noqa: PLW0603 - see get_engine
-    _default_engine = None
+    _engine.reset()
 
 
 def execute_workflow(

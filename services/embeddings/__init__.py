@@ -19,16 +19,11 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
 from config import get_settings
+from fabric.registry import PerProcess
 from services.embeddings.base import Embedder, FloatMatrix
 
 __all__ = ["Embedder", "FloatMatrix", "get_embedder", "reset_embedder"]
-
-_lock = threading.Lock()
-_cached: tuple[int, Embedder] | None = None
 
 
 def _build() -> Embedder:
@@ -50,26 +45,21 @@ def _build() -> Embedder:
     return OnnxEmbedder(MODELS[settings.local_embedding_model])
 
 
+# Embedders are forgotten, not closed, on a reset: a model loaded in-process has nothing to release.
+_embedder: PerProcess[Embedder] = PerProcess("embedder", _build, close=lambda embedder: None)
+
+
 def get_embedder() -> Embedder:
     """The process's embedder, chosen by ``settings.embeddings`` and built on first call.
 
-    The instance is tied to the process that built it: a forked worker child builds its own, so no HTTP
-    connection pool is shared across processes. Raises :class:`~fabric.errors.ConfigurationError` when the
-    chosen backend cannot be configured (e.g. ``openai`` without a key or base URL).
+    The instance is tied to the process that built it: a forked worker child builds its own (see
+    :mod:`fabric.registry`), so no HTTP connection pool is shared across processes. Raises
+    :class:`~fabric.errors.ConfigurationError` when the chosen backend cannot be configured (e.g. ``openai``
+    without a key or base URL).
     """
-    global _cached  # noqa: PLW0603 - the per-process cache is this module's one piece of state
-    pid = os.getpid()
-    cached = _cached
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    with _lock:
-        if _cached is None or _cached[0] != pid:
-            _cached = (pid, _build())
-        return _cached[1]
+    return _embedder.get()
 
 
 def reset_embedder() -> None:
-    """Forget the cached embedder; the next :func:`get_embedder` reads the settings again (tests, CLI)."""
-    global _cached  # noqa: PLW0603 - see get_embedder
-    with _lock:
-        _cached = None
+    """Forget the process's embedder; the next :func:`get_embedder` reads the settings again (tests, CLI)."""
+    _embedder.reset()

@@ -6,17 +6,11 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
 from config import get_settings
+from fabric.registry import PerProcess
 from services.search.base import Document, SearchService
 
 __all__ = ["Document", "SearchService", "get_search_service", "reset_search_service"]
-
-_lock = threading.Lock()
-_service: SearchService | None = None
-_service_pid: int | None = None
 
 
 def _build() -> SearchService:
@@ -41,22 +35,15 @@ def _build() -> SearchService:
     )
 
 
+_service: PerProcess[SearchService] = PerProcess("search service", _build)
+
+
 def get_search_service() -> SearchService:
     """The search service of this process, built on first use from the settings (a forked child builds
-    its own, so no connection is shared across processes). Opens no connection itself."""
-    global _service, _service_pid  # noqa: PLW0603 - the per-process cache is the point
-    with _lock:
-        if _service is None or _service_pid != os.getpid():
-            _service = _build()
-            _service_pid = os.getpid()
-        return _service
+    its own, see :mod:`fabric.registry`). Opens no connection itself."""
+    return _service.get()
 
 
 def reset_search_service() -> None:
-    """Close and forget the cached service (tests, settings reload); the next call builds a new one."""
-    global _service, _service_pid  # noqa: PLW0603
-    with _lock:
-        if _service is not None and _service_pid == os.getpid():
-            _service.close()
-        _service = None
-        _service_pid = None
+    """Close and forget the process's service (tests, settings reload); the next call builds a new one."""
+    _service.reset()

@@ -7,15 +7,10 @@ the :class:`~services.storage.base.StorageService` contract. The service is buil
 
 from __future__ import annotations
 
-import os
-import threading
-
+from fabric.registry import PerProcess
 from services.storage.base import FileData, ObjectInfo, StorageService
 
 __all__ = ["FileData", "ObjectInfo", "StorageService", "get_storage_service", "reset_storage_service"]
-
-_lock = threading.Lock()
-_instance: tuple[int, StorageService] | None = None
 
 
 def _build() -> StorageService:
@@ -31,21 +26,15 @@ def _build() -> StorageService:
     return LocalStorage.from_settings()
 
 
+_service: PerProcess[StorageService] = PerProcess("storage service", _build)
+
+
 def get_storage_service() -> StorageService:
-    """The process's storage service, built from settings on first call (and again after a fork).
-    Raises ConfigurationError when the settings cannot make a working backend."""
-    global _instance  # noqa: PLW0603 - the one cached instance per process
-    current = _instance
-    if current is not None and current[0] == os.getpid():
-        return current[1]
-    with _lock:
-        if _instance is None or _instance[0] != os.getpid():
-            _instance = (os.getpid(), _build())
-        return _instance[1]
+    """The process's storage service, built from settings on first call (and again after a fork, see
+    :mod:`fabric.registry`). Raises ConfigurationError when the settings cannot make a working backend."""
+    return _service.get()
 
 
 def reset_storage_service() -> None:
-    """Forget the cached service so the next call reads settings again (tests, configuration changes)."""
-    global _instance  # noqa: PLW0603 - the one cached instance per process
-    with _lock:
-        _instance = None
+    """Forget the process's service so the next call reads settings again (tests, configuration changes)."""
+    _service.reset()

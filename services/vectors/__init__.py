@@ -13,10 +13,8 @@ embed texts with :func:`services.embeddings.get_embedder` and answer the same co
 
 from __future__ import annotations
 
-import os
-import threading
-
 from config import get_settings
+from fabric.registry import PerProcess
 from services.vectors.base import CollectionInfo, EmbeddingModelMismatch, SearchResult, VectorService
 
 __all__ = [
@@ -29,9 +27,6 @@ __all__ = [
     "reset_vector_service",
 ]
 
-_lock = threading.Lock()
-_cached: tuple[int, VectorService] | None = None
-
 
 def _build() -> VectorService:
     if get_settings().vector_backend == "weaviate":
@@ -43,33 +38,22 @@ def _build() -> VectorService:
     return EmbeddedVectorService()
 
 
+_service: PerProcess[VectorService] = PerProcess("vector service", _build)
+
+
 def get_vector_service() -> VectorService:
     """The process's vector service, chosen by ``settings.vector_backend`` and built on first call.
 
     Building connects nothing: the SQLite file or the Weaviate client is opened on first use, and a forked
-    worker child builds its own instance (the cache is keyed by process id). Returns a
+    worker child builds its own instance (see :mod:`fabric.registry`). Returns a
     :class:`~services.vectors.base.VectorService`.
     """
-    global _cached  # noqa: PLW0603 - the per-process cache is this module's one piece of state
-    pid = os.getpid()
-    cached = _cached
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    with _lock:
-        if _cached is None or _cached[0] != pid:
-            _cached = (pid, _build())
-        return _cached[1]
+    return _service.get()
 
 
 def reset_vector_service() -> None:
-    """Forget (and close) the cached service; the next call reads the settings again (tests, CLI)."""
-    global _cached  # noqa: PLW0603 - see get_vector_service
-    with _lock:
-        if _cached is not None and _cached[0] == os.getpid():
-            close = getattr(_cached[1], "close", None)
-            if callable(close):
-                close()
-        _cached = None
+    """Close and forget the process's service; the next call reads the settings again (tests, CLI)."""
+    _service.reset()
 
 
 def drop_if_model_changed(collection_name: str) -> CollectionInfo | None:

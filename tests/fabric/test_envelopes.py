@@ -9,10 +9,10 @@ import zlib
 import pytest
 import redis
 
+from fabric import envelopes
 from fabric.envelopes import pack_items, unpack_items
 from fabric.errors import InvalidInput
 from fabric.statuses import item_id, item_states, item_status, record_envelope, split_item_id
-from services import envelopes
 from tasks.bulk import decode_items
 
 ITEMS = [

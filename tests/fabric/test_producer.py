@@ -152,3 +152,32 @@ def test_enqueue_many_to_a_dead_broker_names_it_and_says_resending_is_safe() -> 
         mq.close()
     assert "s3cret" not in str(err.value)
     assert "sending the call again is safe" in str(err.value)
+
+
+@pytest.mark.parametrize("send", ["enqueue", "enqueue_many"])
+def test_every_send_path_checks_options_the_same_way(mq: MessageQueue, send: str) -> None:
+    before = depths(mq)
+    call = (
+        (lambda **kw: mq.enqueue("workflow_execution", {"workflow_id": "wf-1"}, **kw))
+        if send == "enqueue"
+        else (lambda **kw: mq.enqueue_many("workflow_execution", [{"workflow_id": "wf-1"}], **kw))
+    )
+    with pytest.raises(InvalidInput, match="must be longer than delay_seconds"):
+        call(delay_seconds=10, ttl_seconds=5)
+    with pytest.raises(InvalidInput, match="priority must be"):
+        call(priority=10)
+    assert depths(mq) == before
+
+
+@pytest.mark.parametrize("send", ["enqueue", "enqueue_many"])
+def test_every_send_path_takes_the_payloads_own_priority(
+    mq: MessageQueue, redis_client: redis.Redis, send: str
+) -> None:
+    payload = {"workflow_id": "wf", "priority": 9}
+    if send == "enqueue":
+        mq.enqueue("workflow_execution", payload)
+    else:
+        mq.enqueue_many("workflow_execution", [payload])
+    # Priority 9 (ours, highest) is kombu's level 0 on Redis: the list named like the queue.
+    assert redis_client.llen("workflow_execution") == 1
+    assert redis_client.llen("workflow_execution\x06\x169") == 0

@@ -22,21 +22,12 @@ QUEUE_GROUPS = [["workflow_execution"], ["indexing_tasks", "vector_tasks", "anal
 
 
 def reset_process_clients() -> None:
-    """Read the settings again and drop every per-process client and breaker built from the old ones."""
+    """Read the settings again and close and forget every per-process object built from the old ones."""
     from config import reload_settings
-    from fabric.producer import reset_message_queue
-    from fabric.redis_clients import reset_redis
-    from services.cache import reset_cache
-    from services.embeddings import reset_embedder
-    from services.resilience import reset_breakers
-    from services.search import reset_search_service
-    from services.storage import reset_storage_service
-    from services.vectors import reset_vector_service
+    from fabric import registry
 
     reload_settings()
-    for reset in (reset_message_queue, reset_cache, reset_search_service, reset_storage_service,
-                  reset_vector_service, reset_embedder, reset_breakers, reset_redis):  # fmt: skip
-        reset()
+    registry.reset_all()
 
 
 def worker_starter(workdir: Path, app: Celery) -> tuple[StartWorker, Callable[[], None]]:

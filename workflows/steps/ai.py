@@ -8,21 +8,18 @@ The client is built lazily once per process and configuration (:func:`get_chat_c
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
 from config.settings import Settings
 from fabric.errors import BackendUnavailable, ConfigurationError
+from fabric.registry import PerProcess
 from workflows.steps.base import Step, StepConfig, StepContext, StepFailed, register_step_type
 from workflows.steps.templating import check_template, render
 
 if TYPE_CHECKING:
     from openai import OpenAI
-
-_lock = threading.Lock()
-_clients: dict[tuple[str | None, str | None], OpenAI] = {}
 
 #: a provider that needs no key (a local server) still gets one, because the openai client insists on it
 _NO_KEY = "not-needed"
@@ -37,23 +34,22 @@ def get_chat_client(settings: Settings) -> OpenAI:
             "the ai step needs a chat provider: set OPENAI_API_KEY (api.openai.com) or OPENAI_BASE_URL "
             "(an OpenAI-compatible server)"
         )
-    with _lock:
-        client = _clients.get((base_url, key))
-        if client is None:
-            from openai import OpenAI
+    return _clients.get(base_url, key)
 
-            # retries are the workflow's business (the node's retry policy), not the client's
-            client = OpenAI(api_key=key or _NO_KEY, base_url=base_url, max_retries=0)
-            _clients[(base_url, key)] = client
-        return client
+
+def _connect(base_url: str | None, key: str | None) -> OpenAI:
+    from openai import OpenAI
+
+    # retries are the workflow's business (the node's retry policy), not the client's
+    return OpenAI(api_key=key or _NO_KEY, base_url=base_url, max_retries=0)
+
+
+_clients: PerProcess[OpenAI] = PerProcess("chat clients", _connect)
 
 
 def reset_chat_clients() -> None:
-    """Forget the cached clients (tests that change the provider settings)."""
-    with _lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
+    """Close and forget the process's clients (tests that change the provider settings)."""
+    _clients.reset()
 
 
 class AiConfig(StepConfig):
