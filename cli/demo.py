@@ -12,8 +12,9 @@ from config.queues import QUEUES
 from fabric.producer import MessageQueue
 from services.analytics import get_workflow_stats
 from services.search import get_search_service
+from workflows.guide import WorkflowSearchService
 from workflows.model import ExecutionRecord
-from workflows.pipelines import Pipelines, WorkflowSearchService
+from workflows.pipelines import Pipelines
 from workflows.repository import WorkflowRepository
 from workflows.samples import load_samples, sample_inputs
 

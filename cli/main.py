@@ -212,7 +212,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     """
     from services.embeddings import get_embedder
     from services.vectors import drop_if_model_changed
-    from workflows.pipelines import VECTOR_COLLECTION, Pipelines
+    from workflows.documents import VECTOR_COLLECTION
+    from workflows.pipelines import Pipelines
 
     dropped = drop_if_model_changed(VECTOR_COLLECTION)
     if dropped is not None:

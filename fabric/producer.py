@@ -34,7 +34,7 @@ from fabric.contracts import (
     resolve_queue,
     validate,
 )
-from fabric.dead_letters import DeadLetter, DeadLetterStore
+from fabric.dead_letters import DeadLetterRecord, DeadLetterStore
 from fabric.envelopes import pack_items
 from fabric.errors import BackendUnavailable, InvalidInput, NotFound
 from fabric.redis_clients import get_redis
@@ -106,12 +106,15 @@ class Message:
     body: JsonObject
     priority: int
     id: str | None = None
-    #: The task and keyword arguments sent; by default the action's task with ``{"payload": body}``.
+    #: The task, keyword arguments and queue sent; by default the action's task with ``{"payload": body}``,
+    #: on the action's queue.
     task: str = ""
     kwargs: JsonObject | None = None
+    queue: Queue | None = None
 
     def __post_init__(self) -> None:
         self.task = self.task or self.action.task
+        self.queue = self.queue or self.action.queue
         if self.kwargs is None:
             self.kwargs = {"payload": self.body}
 
@@ -182,7 +185,7 @@ class MessageQueue:
         try:
             return self._publish(message, timing)
         except OperationalError as exc:
-            raise self._unreachable(f"could not send to queue '{message.action.queue.value}'", exc) from exc
+            raise self._unreachable(f"could not send to queue '{message.queue}'", exc) from exc
 
     def enqueue_many(
         self,
@@ -280,7 +283,7 @@ class MessageQueue:
         return ids
 
     def _options(self, message: Message, timing: Timing) -> dict[str, Any]:
-        queue = message.action.queue.value
+        queue = message.action.queue.value if message.queue is None else message.queue.value
         return {
             "task_id": message.id,
             "queue": queue,
@@ -413,7 +416,7 @@ class MessageQueue:
 
     def list_dead_letters(
         self, queue: str | None = None, limit: int = 100, offset: int = 0
-    ) -> list[DeadLetter]:
+    ) -> list[DeadLetterRecord]:
         """Dead letters, newest first: the original message, the error, the attempts and the times."""
         if queue is not None:
             resolve_queue(queue)
@@ -434,12 +437,12 @@ class MessageQueue:
             payload = {**payload, "execution_id": record["id"]}
         action = next((a for a in known_actions() if a.task == record["task"]), None) or Action(
             queue, record["task"], Payload, record["task"]
-        )
+        )  # the action is descriptive only: the task, arguments and queue are the record's
         # Sent as it was (a whole envelope dead-lettered as one goes back as it came; its messages are then
         # "<new id>.i"), not validated again: the contract may have changed since it was accepted.
         envelope = kwargs if record["task"] == f"{queue.value}.bulk" else None
         message = Message(action, payload, int(record.get("priority", 0)), str(uuid.uuid4()),
-                          task=record["task"], kwargs=envelope)  # fmt: skip
+                          task=record["task"], kwargs=envelope, queue=queue)  # fmt: skip
         try:
             new_id = self._publish(message, Timing())
         except OperationalError as exc:

@@ -14,7 +14,6 @@ JSON).
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 from celery import Task
@@ -24,13 +23,12 @@ from celery.utils.log import get_task_logger
 from config import get_settings
 from config.queues import Queue
 from fabric import deliveries
+from fabric.dead_letters import DeadLetter, Reason, publish
 from fabric.errors import PermanentError, TransientError
 from fabric.redis_clients import get_redis
 from services.resilience import CircuitOpen
 
 logger = get_task_logger(__name__)
-
-DEAD_LETTER_TASK = "dead_letter.store"
 
 
 class PoisonMessage(PermanentError):
@@ -80,6 +78,7 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if not self.dead_letter_on_failure:
             return
+        reason: Reason
         if isinstance(exc, TransientError):
             reason = "retries_exhausted"
         elif isinstance(exc, PermanentError):
@@ -108,32 +107,16 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         logger.warning("retrying %s after transient error: %s", task_id, exc)
 
-    def dead_letter(self, exc: BaseException, reason: str, kwargs: Any) -> None:
+    def dead_letter(self, exc: BaseException, reason: Reason, kwargs: Any) -> None:
         """Publish this message's dead letter to the ``dead_letter`` queue."""
         request = self.request
         delivery = request.delivery_info or {}
         queue = delivery.get("routing_key") or self.queue or Queue.WORKFLOW_EXECUTION.value
-        headers = request.headers or {}
-        now = time.time()
-        record = {
-            "id": request.id,
-            "task": self.name,
-            "queue": queue,
-            "kwargs": kwargs,
-            "priority": headers.get("wft_priority", 0) if isinstance(headers, dict) else 0,
-            "reason": reason,
-            "error": {"type": type(exc).__name__, "message": str(exc)},
-            "attempts": deliveries.attempts(get_redis(), request.id),
-            "retries": request.retries,
-            "worker": request.hostname,
-            "eta": str(request.eta) if request.eta else None,
-            "failed_at": now,
-            "dead_lettered_at": now,
-        }
+        headers = request.headers if isinstance(request.headers, dict) else {}
+        letter = DeadLetter.of(
+            exc, reason, id=request.id, task=self.name, queue=queue, kwargs=kwargs or {},
+            priority=headers.get("wft_priority", 0), attempts=deliveries.attempts(get_redis(), request.id),
+            retries=request.retries, worker=request.hostname, eta=str(request.eta) if request.eta else None,
+        )  # fmt: skip
         logger.error("dead-lettering %s from %s (%s): %s", request.id, queue, reason, exc)
-        self.app.send_task(
-            DEAD_LETTER_TASK,
-            kwargs={"record": record},
-            queue=Queue.DEAD_LETTER.value,
-            routing_key=Queue.DEAD_LETTER.value,
-        )
+        publish(self.app, letter)

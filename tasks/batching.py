@@ -14,7 +14,8 @@ Here every task body hands its documents to a :class:`BatchWriter` and *waits* u
   nothing twice (every write is an upsert by id);
 - each message keeps its own outcome: a transient failure of the bulk write is raised in every task of the
   batch (each retries on its own through :class:`tasks.base.BaseTask`); a permanent one (bad input) makes the
-  batch fall back to one write per message, so only the bad message fails and is dead-lettered.
+  batch fall back to one write per message (:func:`tasks.writers.write_groups`, the fallback the envelope
+  consumer uses too), so only the bad message fails and is dead-lettered.
 
 Batches need several messages in flight in one process: run the indexing and vector workers with the threads
 pool (``-P threads -c 32``; prefetch stays 1 per thread). Under prefork each child runs one task at a time, so
@@ -36,8 +37,9 @@ from celery.utils.log import get_task_logger
 
 from config import get_settings
 from fabric import keys
-from fabric.errors import PermanentError
 from fabric.redis_clients import get_redis
+from fabric.registry import PerProcess
+from tasks.writers import WRITERS, Writer, write_groups
 
 logger = get_task_logger(__name__)
 
@@ -116,8 +118,7 @@ class BatchWriter(Generic[T]):
         flush_interval: float | None = None,
     ) -> None:
         self.name = name
-        self._write = write
-        self._key = key
+        self.writer = Writer(name, _as_document, write, key)
         self._max_size = max_size
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
@@ -176,19 +177,9 @@ class BatchWriter(Generic[T]):
 
     def _flush(self, entries: list[_Entry[T]]) -> None:
         try:
-            try:
-                self._write_entries(entries)
-            except PermanentError as exc:
-                if len(entries) == 1:
-                    raise
-                # One bad document must not fail its neighbours: give each message its own verdict.
-                logger.warning("%s: bulk write of %d refused (%s); writing one by one", self.name,
-                               len(entries), exc)  # fmt: skip
-                for entry in entries:
-                    try:
-                        self._write_entries([entry])
-                    except BaseException as single:  # handed to that message's task to raise
-                        entry.error = single
+            refused = write_groups(self.writer, [entry.docs for entry in entries])
+            for index, error in refused.items():  # handed to that message's task to raise
+                entries[index].error = error
             self._count(entries)
         except BaseException as exc:  # every waiting task raises it (and retries or fails)
             for entry in entries:
@@ -198,13 +189,6 @@ class BatchWriter(Generic[T]):
             for entry in entries:
                 entry.done.set()
 
-    def _write_entries(self, entries: list[_Entry[T]]) -> None:
-        docs = [doc for entry in entries for doc in entry.docs]
-        if self._key is not None:
-            docs = list({self._key(doc): doc for doc in docs}.values())
-        if docs:
-            self._write(docs)
-
     def _count(self, entries: list[_Entry[T]]) -> None:
         documents = sum(len(e.docs) for e in entries if e.error is None)
         pipe = get_redis().pipeline(transaction=False)
@@ -212,6 +196,22 @@ class BatchWriter(Generic[T]):
         pipe.hincrby(STATS_KEY, f"{self.name}:messages", len(entries))
         pipe.hincrby(STATS_KEY, f"{self.name}:documents", documents)
         pipe.execute()
+
+
+def _as_document(item: Any) -> list[Any]:
+    return [item]
+
+
+_writers_by_action: PerProcess[BatchWriter[Any]] = PerProcess(
+    "batch writers", lambda action: BatchWriter(WRITERS[action].name, WRITERS[action].write,
+                                                key=WRITERS[action].key),
+    close=lambda writer: None,
+)  # fmt: skip
+
+
+def batch_writer(action: str) -> BatchWriter[Any]:
+    """This process's batch writer of ``action``'s documents (:data:`tasks.writers.WRITERS`)."""
+    return _writers_by_action.get(action)
 
 
 def batch_stats() -> dict[str, dict[str, int]]:

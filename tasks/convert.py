@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric.contracts import ExecutionDoc, Payload
+from fabric.contracts import Payload
 from fabric.errors import InvalidInput
-
-
-def execution_from_record(record: dict[str, Any]) -> dict[str, Any]:
-    """An execution document (the guide's shape) from the record ``workflow_execution.execute`` returns."""
-    from workflows.model import ExecutionRecord
-    from workflows.pipelines import execution_document
-
-    doc = execution_document(ExecutionRecord.model_validate(record))
-    return ExecutionDoc.model_validate(doc).model_dump(mode="json", exclude_none=True)
+from workflows.documents import execution_from_record
 
 
 def execution_doc(

@@ -6,11 +6,11 @@ from typing import Any
 
 import redis
 
-from fabric.dead_letters import DeadLetterStore
+from fabric.dead_letters import DEAD_LETTER_TASK, DeadLetterStore
 from fabric.errors import BackendUnavailable
 from fabric.redis_clients import get_redis
 from tasks.app import app
-from tasks.base import DEAD_LETTER_TASK, BaseTask
+from tasks.base import BaseTask
 
 
 class DeadLetterConsumer(BaseTask):

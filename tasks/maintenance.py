@@ -23,7 +23,12 @@ from services.search.base import MAX_LIMIT
 from services.vectors import get_vector_service
 from tasks.app import app
 from tasks.base import BaseTask
-from workflows.pipelines import VECTOR_COLLECTION, workflow_document
+from workflows.documents import (
+    VECTOR_COLLECTION,
+    embed_workflow_message,
+    index_workflow_message,
+    workflow_document,
+)
 from workflows.repository import WorkflowRepository
 
 logger = get_task_logger(__name__)
@@ -105,14 +110,8 @@ def reconcile_indexes(self: BaseTask) -> dict[str, Any]:
     vector_count = vectors.count(VECTOR_COLLECTION)
     missing_vectors = list(stored.values()) if vector_count != len(stored) else []
     messages: list[tuple[str, dict[str, Any]]] = []
-    for workflow in missing_index:
-        messages.append(
-            ("indexing_tasks", {"action": "index_workflow", "workflow": workflow_document(workflow)})
-        )
-    for workflow in missing_vectors:
-        messages.append(
-            ("vector_tasks", {"action": "embed_workflow", "workflow": workflow_document(workflow)})
-        )
+    messages += [index_workflow_message(workflow_document(w)) for w in missing_index]
+    messages += [embed_workflow_message(workflow_document(w)) for w in missing_vectors]
     queue = get_message_queue()
     for start in range(0, len(messages), 500):
         queue.enqueue_group(messages[start : start + 500])

@@ -18,10 +18,9 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
+from fabric.dead_letters import DEAD_LETTER_TASK
 from services import logging as structured
 from services import metrics
-
-DEAD_LETTER_TASK = "dead_letter.store"
 
 # Per process (and per thread for the threads pool): task id -> (start time, log-context token).
 _running: dict[str, tuple[float, Any]] = {}

@@ -1,13 +1,15 @@
-"""The pipelines, composed from Celery canvas by task name (producers need none of the worker code):
+"""The producer's front for workflows: register them, request and cancel executions, rebuild the indexes.
+Composed from Celery canvas by task name (producers need none of the worker code):
 
 - workflow registered: stored in the object store, then ``group(index_workflow, embed_workflow)``;
-- execution requested: ``chain(execute, group(index_execution, index_logs, update_workflow_stats))``
-  (the chain is declared with the ``execute`` action in :mod:`fabric.contracts`, so the guide's plain
-  ``enqueue("workflow_execution", ...)`` runs the whole pipeline too);
+- execution requested: one ``workflow_execution.execute`` message; the worker that runs it attaches
+  ``group(index_execution, index_logs, update_workflow_stats)`` to its chain (``tasks.execution``), so an
+  execution enqueued any other way gets the same pipeline;
 - reindex: every workflow and execution in the object store sent again through the indexing and vector
   queues (writes are upserts by id, so a reindex never duplicates).
 
-On top of these, the guide's WorkflowEventHandler, WorkflowSearchService and RecommendationService.
+The documents these messages carry are shaped in :mod:`workflows.documents`; the guide's service classes
+on top (event handler, similarity search, recommendations) are in :mod:`workflows.guide`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from fabric import keys
 from fabric.errors import InvalidInput, NotFound
 from fabric.producer import MessageQueue, get_message_queue
 from fabric.redis_clients import get_redis
-from services.vectors import get_vector_service
+from workflows.documents import Message, execution_document, workflow_document, workflow_messages
 from workflows.model import ExecutionRecord, Workflow, parse_workflow
 from workflows.repository import WorkflowRepository
 
-VECTOR_COLLECTION = "workflows"
 REINDEX_CURSOR = keys.REINDEX_CURSOR
 Progress = Callable[[str, int, int], None]
 CANCEL_TTL = timedelta(days=1)
@@ -34,11 +35,6 @@ CANCEL_TTL = timedelta(days=1)
 def cancel_key(execution_id: str) -> str:
     """The Redis key a running execution checks between steps (see ``tasks.execution``)."""
     return keys.cancel(execution_id)
-
-
-def workflow_document(workflow: Workflow) -> dict[str, Any]:
-    """The workflow as the guide's queues carry it (``id``, ``name``, ``description``, ``tags`` ...)."""
-    return workflow.model_dump(mode="json", exclude_none=True)
 
 
 class Pipelines:
@@ -61,13 +57,7 @@ class Pipelines:
             # Registering again keeps the original creation time.
             workflow = workflow.model_copy(update={"created_at": existing.created_at})
         self.repository.save_workflow(workflow)
-        document = workflow_document(workflow)
-        ids = self.queue.enqueue_group(
-            [
-                ("indexing_tasks", {"action": "index_workflow", "workflow": document}),
-                ("vector_tasks", {"action": "embed_workflow", "workflow": document}),
-            ]
-        )
+        ids = self.queue.enqueue_group(workflow_messages(workflow_document(workflow)))
         return {"workflow_id": workflow.id, "messages": ids}
 
     def _existing(self, workflow_id: str) -> Workflow | None:
@@ -153,17 +143,13 @@ class Pipelines:
         client.delete(REINDEX_CURSOR)
         return sent
 
-    def _workflow_messages(self, workflow_id: str) -> list[tuple[str, Mapping[str, Any]]]:
+    def _workflow_messages(self, workflow_id: str) -> list[Message]:
         try:
-            document = workflow_document(self.repository.get_workflow(workflow_id))
+            return workflow_messages(workflow_document(self.repository.get_workflow(workflow_id)))
         except NotFound:
             return []  # deleted since it was listed
-        return [
-            ("indexing_tasks", {"action": "index_workflow", "workflow": document}),
-            ("vector_tasks", {"action": "embed_workflow", "workflow": document}),
-        ]
 
-    def _execution_messages(self, execution_id: str) -> list[tuple[str, Mapping[str, Any]]]:
+    def _execution_messages(self, execution_id: str) -> list[Message]:
         record = self.repository.get_execution(execution_id)
         if record is None or not record.status.finished:
             return []
@@ -173,103 +159,3 @@ class Pipelines:
             ("indexing_tasks", {"action": "index_execution", "execution": execution}),
             *(("indexing_tasks", {"action": "index_log", "entry": entry}) for entry in logs),
         ]
-
-
-def execution_document(record: ExecutionRecord) -> dict[str, Any]:
-    """The guide's execution shape (``id``, ``workflow_id``, ``status`` ..., ``logs``) from a record."""
-    output = record.output_data if isinstance(record.output_data, dict) else {"value": record.output_data}
-    document = {
-        "id": record.execution_id,
-        "workflow_id": record.workflow_id,
-        "status": record.status.value,
-        "started_at": record.started_at.isoformat() if record.started_at else None,
-        "completed_at": record.completed_at.isoformat() if record.completed_at else None,
-        "error_message": record.error_message,
-        "input_data": record.input_data,
-        "output_data": output,
-        "logs": record.log_entries(),
-    }
-    return {k: v for k, v in json.loads(json.dumps(document)).items() if v is not None}
-
-
-# --- the guide's services on top of the pipelines ---------------------------------------------------
-
-
-class WorkflowEventHandler:
-    """The guide's event handler: a created workflow is indexed and embedded, a finished execution is
-    indexed and counted, through the queues."""
-
-    def __init__(self, queue: MessageQueue | None = None) -> None:
-        self.message_queue = queue or get_message_queue()
-
-    def handle_workflow_created(self, workflow: Mapping[str, Any]) -> list[str]:
-        return self.message_queue.enqueue_group(
-            [
-                ("indexing_tasks", {"action": "index_workflow", "workflow": dict(workflow)}),
-                ("vector_tasks", {"action": "embed_workflow", "workflow": dict(workflow)}),
-            ]
-        )
-
-    def handle_execution_completed(self, execution: Mapping[str, Any]) -> list[str]:
-        return self.message_queue.enqueue_group(
-            [
-                ("indexing_tasks", {"action": "index_execution", "execution": dict(execution)}),
-                (
-                    "analytics_tasks",
-                    {
-                        "action": "update_workflow_stats",
-                        "workflow_id": execution["workflow_id"],
-                        "execution": dict(execution),
-                    },
-                ),
-            ]
-        )
-
-
-class WorkflowSearchService:
-    """The guide's semantic search over workflows (vectors written by ``vector_tasks.embed_workflow``)."""
-
-    def find_similar_workflows(
-        self, query: str, limit: int = 5, score_threshold: float = 0.7
-    ) -> list[dict[str, Any]]:
-        results = get_vector_service().search_similar(
-            collection_name=VECTOR_COLLECTION, query_text=query, limit=limit, score_threshold=score_threshold
-        )
-        return [
-            {
-                "workflow_id": r["metadata"]["workflow_id"],
-                "name": r["metadata"]["name"],
-                "similarity_score": r["score"],
-                "tags": r["metadata"].get("tags", []),
-            }
-            for r in results
-        ]
-
-
-class RecommendationService:
-    """The guide's context-aware recommendations: similar workflows for a user's interests, filtered by the
-    categories and tags they asked to avoid or prefer."""
-
-    def get_workflow_recommendations(
-        self, user_context: Mapping[str, Any], limit: int = 5
-    ) -> list[dict[str, Any]]:
-        interests = [str(i) for i in user_context.get("interests", []) if str(i).strip()]
-        if not interests:
-            raise InvalidInput("user_context.interests must list at least one interest")
-        context_text = f"User interested in {' '.join(interests)}"
-        similar = get_vector_service().search_similar(
-            collection_name=VECTOR_COLLECTION, query_text=context_text, limit=limit * 2, score_threshold=0.0
-        )
-        excluded = set(user_context.get("exclude_categories", []))
-        recommendations = [
-            {
-                "workflow_id": w["metadata"]["workflow_id"],
-                "name": w["metadata"]["name"],
-                "similarity_score": w["score"],
-                "tags": w["metadata"].get("tags", []),
-                "category": w["metadata"].get("category"),
-            }
-            for w in similar
-            if w["metadata"].get("category") not in excluded
-        ]
-        return recommendations[:limit]

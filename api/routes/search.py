@@ -18,7 +18,7 @@ from api.schemas import (
     error_responses,
 )
 from services.search import get_search_service
-from workflows.pipelines import RecommendationService
+from workflows.guide import RecommendationService
 
 router = APIRouter(tags=["search"], dependencies=[READ], responses=error_responses(*AUTH, 422, 503))
 

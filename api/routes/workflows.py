@@ -23,8 +23,10 @@ from api.schemas import (
 )
 from fabric.errors import NotFound
 from services.analytics import get_workflow_stats
+from workflows.documents import workflow_document
+from workflows.guide import WorkflowSearchService
 from workflows.model import ID_PATTERN
-from workflows.pipelines import Pipelines, WorkflowSearchService, workflow_document
+from workflows.pipelines import Pipelines
 from workflows.repository import WorkflowRepository
 
 router = APIRouter(tags=["workflows"])

@@ -151,7 +151,7 @@ def test_an_envelope_dead_lettered_whole_shows_on_its_messages_and_replays_as_it
 
 def test_every_action_marked_bulk_has_a_bulk_writer() -> None:
     from fabric.contracts import known_actions
-    from tasks.bulk import HANDLERS
+    from tasks.writers import WRITERS
 
     marked = {a.name for a in known_actions() if a.bulk}
-    assert marked == set(HANDLERS)
+    assert marked == set(WRITERS)

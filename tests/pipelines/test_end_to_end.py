@@ -21,8 +21,9 @@ from services.vectors import reset_vector_service
 from tests.support.fleet import StartWorker, run_fleet
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
+from workflows.guide import WorkflowSearchService
 from workflows.model import ExecutionStatus
-from workflows.pipelines import Pipelines, WorkflowSearchService
+from workflows.pipelines import Pipelines
 from workflows.repository import WorkflowRepository
 from workflows.samples import load_samples, sample_inputs
 

@@ -18,8 +18,8 @@ from tasks.maintenance import EXPIRE_TASK, RECONCILE_TASK
 from tests.support.fleet import StartWorker
 from tests.support.servers import ManagedProcess, wait_until
 from tests.support.workers import REPO_ROOT
+from workflows.documents import VECTOR_COLLECTION, workflow_document
 from workflows.model import ExecutionRecord, ExecutionStatus
-from workflows.pipelines import VECTOR_COLLECTION, workflow_document
 from workflows.repository import WorkflowRepository
 from workflows.samples import load_samples
 

@@ -17,8 +17,8 @@ from config import reload_settings
 from fabric.contracts import WorkflowDoc
 from services.embeddings import reset_embedder
 from services.vectors import get_vector_service, reset_vector_service
-from tasks.vectors import workflow_vector_item
-from workflows.pipelines import VECTOR_COLLECTION, WorkflowSearchService, workflow_document
+from workflows.documents import VECTOR_COLLECTION, workflow_document, workflow_vector_item
+from workflows.guide import WorkflowSearchService
 from workflows.samples import load_samples
 
 PARAPHRASES = {

@@ -14,7 +14,8 @@ from services.vectors.weaviate_backend import WeaviateVectorService
 from tests.support.fleet import StartWorker, reset_process_clients
 from tests.support.servers import wait_until
 from tests.support.weaviate_server import WeaviateStandIn
-from workflows.pipelines import VECTOR_COLLECTION, WorkflowSearchService, workflow_document
+from workflows.documents import VECTOR_COLLECTION, workflow_document
+from workflows.guide import WorkflowSearchService
 from workflows.samples import load_samples
 
 #: The worker's weaviate-client looks for a newer release of itself at every connect (best effort); a proxy
