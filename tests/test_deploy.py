@@ -132,7 +132,9 @@ def test_prometheus_scrapes_the_deployed_metrics_service_and_flower_in_compose_a
     assert compose_targets == {"wft": "metrics:9808", "flower": "flower:5555"}
     assert services["metrics"]["command"][:3] == ["python", "-m", "services.metrics"]
     assert "--port" in services["metrics"]["command"] and "9808" in services["metrics"]["command"]
-    assert "--port=5555" in services["flower"]["command"]
+    # Flower listens on FLOWER_PORT (default 5555), which the config file it loads reads.
+    assert "--conf=/app/deploy/flower/flowerconfig.py" in services["flower"]["command"]
+    assert services["flower"]["environment"].get("FLOWER_PORT", "5555") == "5555"
     assert "ports" not in services["metrics"]  # internal network only
     # Kubernetes: the targets are Services of the manifests, whose pods run the metrics service and Flower.
     k8s_services = _services(docs)
