@@ -14,7 +14,7 @@ Rules every backend keeps (checked by :func:`validate_texts` and :func:`normaliz
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,33 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
     def health_check(self) -> dict[str, object]: ...
+
+
+class InProcessEmbedder:
+    """Base of the embedders that run a model in this process: ``embed`` and ``health_check`` from the
+    subclass's ``embed_array`` and ``model_name``."""
+
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    def embed_array(self, texts: Sequence[str]) -> FloatMatrix:
+        raise NotImplementedError
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Same as :meth:`embed_array`, as lists of Python floats."""
+        return cast("list[list[float]]", self.embed_array(texts).tolist())
+
+    def health_check(self) -> dict[str, object]:
+        """Load the model and embed a probe text. Returns ``{"status": "healthy", ...}``; raises
+        :class:`~fabric.errors.ConfigurationError` if the model cannot be loaded."""
+        vector = self.embed_array(["health check"])
+        return {
+            "status": "healthy",
+            "backend": "local",
+            "model": self.model_name,
+            "dimension": int(vector.shape[1]),
+        }
 
 
 def validate_texts(texts: Sequence[str]) -> list[str]:

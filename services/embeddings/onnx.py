@@ -32,7 +32,7 @@ from typing import Any, cast
 import numpy as np
 
 from fabric.errors import ConfigurationError
-from services.embeddings.base import FloatMatrix, normalize_rows, validate_texts
+from services.embeddings.base import FloatMatrix, InProcessEmbedder, normalize_rows, validate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _check_digest(model: OnnxModel, path: Path) -> None:
         )
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(InProcessEmbedder):
     """Embeds texts with one :class:`OnnxModel`, loaded lazily once per instance (so once per process
     through :func:`services.embeddings.get_embedder`). Safe to call from several threads."""
 
@@ -227,18 +227,3 @@ class OnnxEmbedder:
         out[:, -1] = 1.0
         out /= math.sqrt(2.0)
         return normalize_rows(out, self.model.name)
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Same as :meth:`embed_array`, as lists of Python floats."""
-        return cast(list[list[float]], self.embed_array(texts).tolist())
-
-    def health_check(self) -> dict[str, object]:
-        """Load the model and embed a probe text. Returns ``{"status": "healthy", ...}``; raises
-        :class:`ConfigurationError` if the model cannot be loaded."""
-        vector = self.embed_array(["health check"])
-        return {
-            "status": "healthy",
-            "backend": "local",
-            "model": self.model.name,
-            "dimension": int(vector.shape[1]),
-        }
