@@ -1,4 +1,5 @@
-"""The integration guide's workflow services, on top of the queues and the vector index:
+"""The workflow services of the integration guide (docs/integration-guide.md), on top of the queues and
+the vector index:
 ``WorkflowEventHandler`` (a created workflow is indexed and embedded, a finished execution indexed and
 counted), ``WorkflowSearchService`` (``find_similar_workflows``) and ``RecommendationService``."""
 
