@@ -51,6 +51,18 @@ def test_wft_run_starts_flower_with_the_deploy_configuration() -> None:
     assert Path(_conf(flower_argv())) == FLOWER_CONFIG
 
 
+def test_the_image_carries_every_package_the_project_installs() -> None:
+    import tomllib
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = [name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    missing = [name for name in packages if f"COPY {name} ./{name}" not in dockerfile]
+    assert missing == [], f"deploy/Dockerfile does not copy {missing}: the image could not import them"
+    for module in pyproject["tool"]["setuptools"]["py-modules"]:
+        assert f"{module}.py" in dockerfile
+
+
 def test_compose_loads_the_configuration_the_image_carries() -> None:
     conf = _conf(_compose_command("flower"))
     dockerfile = (DEPLOY / "Dockerfile").read_text()
