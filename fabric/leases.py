@@ -14,25 +14,27 @@ over an hour by default. RabbitMQ needs none of this: it requeues as soon as the
 How
 ---
 A consumer bootstep (:class:`WorkerLease`) runs one thread in the worker's main process (a thread, so a
-long task in a solo or threads pool cannot hold it up). Every ``WORKER_LOST_AFTER / 5`` seconds it:
+long task in a solo or threads pool cannot hold it up). It:
 
-1. renews the worker's lease in one transaction on the broker's Redis: ``wft:leases`` (sorted set: lease id
-   -> expiry, in the Redis server's clock, ``4/5 WORKER_LOST_AFTER`` ahead) and ``wft:lease:<id>`` (set:
-   the delivery tags the worker's consumer holds, read from kombu's own QoS state, which counts messages
-   waiting for their countdown as well as running ones);
-2. looks for lost messages on the fleet's queues that no live lease claims: those a lease that ran out
-   had claimed, and any tag in ``unacked_index`` given out longer than a lease lasts ago (a live worker
-   claims each message at its next renewal, so such a message was given to a worker that died before it
-   could claim it). Each lost message goes back to the head of its queue with kombu's
-   ``QoS.restore_by_tag`` (one transaction: of two workers restoring the same tag, only one puts it back),
-   marked redelivered; the base task counts the new delivery as it counts any other, so a message that
-   kills every worker still ends in ``dead_letter``.
+1. every ``WORKER_LOST_AFTER / 5`` seconds, renews the worker's lease in one transaction on the broker's
+   Redis: ``wft:leases`` (sorted set: lease id -> expiry, in the Redis server's clock,
+   ``4/5 WORKER_LOST_AFTER`` ahead) and ``wft:lease:<id>`` (set: the delivery tags the worker's consumer
+   holds, read from kombu's own QoS state, which counts messages waiting for their countdown as well as
+   running ones);
+2. every ``WORKER_LOST_AFTER / 10`` seconds, looks for lost messages on the fleet's queues that no live
+   lease claims: those a lease that ran out had claimed, and any tag in ``unacked_index`` given out longer
+   than a lease lasts ago (a live worker claims each message at its next renewal, so such a message was
+   given to a worker that died before it could claim it). Each lost message goes back to the head of its
+   queue with kombu's ``QoS.restore_by_tag`` (one transaction: of two workers restoring the same tag,
+   only one puts it back), marked redelivered; the base task counts the new delivery as it counts any
+   other, so a message that kills every worker still ends in ``dead_letter``.
 
-A worker killed at time *t* renewed last at most one interval before; its lease ran out by
-``t + 4/5 WORKER_LOST_AFTER``, and the next sweep of any live worker (one interval later at most) restores
-its messages: by ``t + WORKER_LOST_AFTER``. A worker that starts sweeps at once, so a fleet that lost every
-worker recovers as soon as one comes back. Kombu's visibility timeout stays as the last resort: it restores
-anything left unacknowledged for that long, whoever holds it.
+A worker killed at time *t* renewed last before *t*; its lease ran out by ``t + 4/5 WORKER_LOST_AFTER``,
+and the next sweep of any live worker restores its messages: by ``t + 9/10 WORKER_LOST_AFTER``. A message
+it was given too shortly before it died to have claimed it comes back a lease after it was given, by the
+same bound. A worker that starts sweeps at once, so a fleet that lost every worker recovers as soon as one
+comes back. Kombu's visibility timeout stays as the last resort: it restores anything left unacknowledged
+for that long, whoever holds it.
 
 The only state is kombu's (``unacked``, ``unacked_index``) and two keys per worker; no queue of our own.
 It assumes that every worker consuming the fleet's queues runs this bootstep (every ``tasks.app`` worker
@@ -44,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -121,11 +124,12 @@ return #ARGV - 2
 """
 
 
-def timings(worker_lost_after: float) -> tuple[float, float]:
-    """``(renewal interval, lease length)`` in seconds for ``WORKER_LOST_AFTER``: a lease outlasts four
-    renewals, and a lost worker's messages are restored within one more interval after it ran out."""
-    interval = worker_lost_after / 5
-    return interval, 4 * interval
+def timings(worker_lost_after: float) -> tuple[float, float, float]:
+    """``(renewal interval, sweep interval, lease length)`` in seconds for ``WORKER_LOST_AFTER``: a lease
+    outlasts four renewals, and a sweep restores a lost worker's messages within half a renewal interval
+    after its lease ran out, so they are back within nine tenths of ``WORKER_LOST_AFTER``."""
+    renew = worker_lost_after / 5
+    return renew, renew / 2, 4 * renew
 
 
 def held_tags(qos: Any) -> list[str]:
@@ -158,7 +162,7 @@ class LeaseKeeper:
         self.app = app
         self.lease_id = f"{hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self.holder = holder
-        self.interval, self.lease_seconds = timings(worker_lost_after)
+        self.interval, self.sweep_interval, self.lease_seconds = timings(worker_lost_after)
         self.queues = [str(q) for q in queues]
         self._claims: list[str] = []
         self._stop = threading.Event()
@@ -223,19 +227,22 @@ class LeaseKeeper:
         self._close()
 
     def _run(self) -> None:
+        renewed_at = float("-inf")
         while not self._stop.is_set():
             try:
                 if self._channel is None:
                     self._connection = self.app.connection_for_write()
                     self._channel = self._connection.default_channel
-                self.renew()
+                if time.monotonic() - renewed_at >= self.interval - self.sweep_interval / 2:
+                    self.renew()
+                    renewed_at = time.monotonic()
                 self.sweep()
             except Exception as exc:
-                # The broker is unreachable or busy: try again next interval. If renewals keep failing
-                # for a whole lease, other workers take this worker for lost, as they should.
+                # The broker is unreachable or busy: try again next time. If renewals keep failing for a
+                # whole lease, other workers take this worker for lost, as they should.
                 logger.warning("worker lease %s: renewal or sweep failed: %s", self.lease_id, exc)
                 self._close()
-            self._stop.wait(self.interval)
+            self._stop.wait(self.sweep_interval)
 
     def _close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
