@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from config import QUEUES, get_settings
-from fabric.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput, NotFound
+from fabric.errors import AppError, BackendUnavailable, ConfigurationError, InvalidInput
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -333,25 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def failure(exc: AppError | ValidationError) -> tuple[int, str]:
+    """The exit code and the message for an error that ends a command."""
+    if isinstance(exc, ValidationError):  # the settings (environment, .env) are refused
+        problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        return EXIT_CONFIG, f"error: the settings are invalid: {problems}"
+    if isinstance(exc, InvalidInput):
+        return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, BackendUnavailable):
+        return EXIT_UNAVAILABLE, f"error: {exc}\nhint: is Redis running at REDIS_URL? `wft health` tells."
+    if isinstance(exc, ConfigurationError):
+        return EXIT_CONFIG, f"error: {exc}"
+    return EXIT_FAILED, f"error: {exc}"  # NotFound and any other AppError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except InvalidInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NotFound as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except BackendUnavailable as exc:
-        print(f"error: {exc}\nhint: is Redis running at REDIS_URL? `wft health` tells.", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except AppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (AppError, ValidationError) as exc:
+        code, message = failure(exc)
+        print(message, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

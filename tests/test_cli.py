@@ -201,3 +201,11 @@ def test_version_prints_the_project_version() -> None:
     done = wft("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"wft {metadata.version('workflow-tasks')}"
+
+
+def test_development_secrets_outside_development_exit_78_naming_them() -> None:
+    done = wft("health", env={"ENVIRONMENT": "production", "FLOWER_PASSWORD": "dev-insecure-change-me"})
+    assert done.returncode == 78, done.stderr
+    assert "FLOWER_PASSWORD" in done.stderr
+    assert "set them to secret values of your own" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -64,7 +64,13 @@ def register_workflow(
             examples=[
                 {
                     "name": "hello",
-                    "definition": {"nodes": [{"id": "start", "type": "transform", "data": {}}], "edges": []},
+                    "definition": {
+                        "nodes": [
+                            {"id": "in", "type": "input", "data": {}},
+                            {"id": "out", "type": "output", "data": {}},
+                        ],
+                        "edges": [{"source": "in", "target": "out"}],
+                    },
                 }
             ],
         ),

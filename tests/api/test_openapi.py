@@ -150,3 +150,18 @@ def test_a_stopped_broker_answers_the_declared_503s(api_server: ApiServer, own_b
     with pytest.raises(ValidationError, match="'error' is a required property"):
         conforms(document, {"$ref": ERROR_REF}, {"detail": "Not Found"})
     assert httpx.get(f"{api_server.url}/health").json() == {"status": "ok"}
+
+
+def test_every_request_body_example_is_accepted(api_server: ApiServer, api: httpx.Client) -> None:
+    # An example in the docs page that the API refuses would mislead the first person to try it.
+    document = api_server.app.openapi()
+    tried = 0
+    for method, path, operation in operations(document):
+        content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        examples = [*content.get("schema", {}).get("examples", []), *content.get("examples", {}).values()]
+        for example in examples:
+            body = example.get("value", example)
+            answer = api.request(method, path, json=body)
+            assert answer.status_code < 400, (method, path, answer.status_code, answer.text)
+            tried += 1
+    assert tried >= 1
