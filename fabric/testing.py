@@ -6,11 +6,11 @@ and records what it would have sent, and a way to run what it recorded through t
     def test_signup_starts_onboarding() -> None:
         with installed(InMemoryMessageQueue()) as queue:     # get_message_queue() returns it meanwhile
             SignupService().sign_up("ada@example.com")       # calls get_message_queue().enqueue(...)
-        [sent] = queue.sent
-        assert sent.task == "workflow_execution.execute"
-        assert sent.payload["workflow_id"] == "customer-onboarding"
-        [execution, *follow_ups] = queue.run()               # needs Redis: see InMemoryMessageQueue.run
-        assert execution.state == "SUCCESS" and execution.result["status"] == "completed"
+            [sent] = queue.sent
+            assert sent.task == "workflow_execution.execute"
+            assert sent.payload["workflow_id"] == "customer-onboarding"
+            [execution, *follow_ups] = queue.run()           # needs Redis: see InMemoryMessageQueue.run
+            assert execution.state == "SUCCESS" and execution.result["status"] == "completed"
 
 With pytest, the ``message_queue_double`` fixture of :mod:`fabric.pytest_plugin` (loaded by the package's
 ``pytest11`` entry point) does the ``installed(...)`` part.
@@ -328,8 +328,9 @@ class InMemoryMessageQueue(MessageQueue):
         bodies use (by default the embedded storage, search and vector backends under ``DATA_DIR``; a temp
         directory is fine). No broker, and no worker process.
 
-        ``max_messages`` bounds one run (a task that re-sends itself forever). Raises
-        :class:`BackendUnavailable` when Redis does not answer, RuntimeError past ``max_messages``.
+        ``max_messages`` bounds one run (a task that re-sends itself forever): past it, RuntimeError, and
+        the messages not run by then are dropped. Raises :class:`BackendUnavailable` when Redis does not
+        answer (before anything runs; the recorded messages then stay for a later run).
         """
         worker = app if app is not None else _worker_app()
         self._check_redis()
@@ -414,13 +415,18 @@ def _capturing(apps: Sequence[Celery], wires: deque[_Wire]) -> Iterator[None]:
     what a worker process says: a task's ``AsyncResult.get()`` would block (so result backends subscribe
     to nothing for the messages sent meanwhile)."""
     saved: list[tuple[Any, Any]] = []
-    for app in apps:
-        amqp = app.amqp
-        saved.append((amqp, vars(amqp).get("send_task_message")))
-        vars(amqp)["send_task_message"] = _catcher(app, wires)
     blocked = task_join_will_block()
-    _set_task_join_will_block(True)
     try:
+        for app in apps:
+            amqp = app.amqp
+            saved.append((amqp, vars(amqp).get("send_task_message")))
+            catcher = _catcher(app, wires)
+            vars(amqp)["send_task_message"] = catcher
+            if amqp.send_task_message is not catcher:  # a Celery whose AMQP no longer reads it from there
+                raise RuntimeError(
+                    "could not catch Celery's send_task_message: nothing would be kept off the broker"
+                )
+        _set_task_join_will_block(True)
         yield
     finally:
         _set_task_join_will_block(blocked)
@@ -444,7 +450,10 @@ def _catcher(app: Celery, wires: deque[_Wire]) -> Callable[..., None]:
         properties.update({k: v for k, v in options.items() if k not in _NOT_PROPERTIES})
         if queue is None and exchange is None:
             queue = app.amqp.default_queue
-        queue_name = queue if isinstance(queue, str) else str(queue.name)
+        if queue is None:  # sent to an exchange by routing key: the queue bound to it is the key's
+            queue_name = str(routing_key or "")
+        else:
+            queue_name = queue if isinstance(queue, str) else str(queue.name)
         routing_key = routing_key or queue_name
         signals.before_task_publish.send(
             sender=name, body=body, exchange=exchange or "", routing_key=routing_key, declare=declare or [],
