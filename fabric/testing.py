@@ -2,6 +2,7 @@
 and records what it would have sent, and a way to run what it recorded through the real task bodies.
 
     from fabric.testing import InMemoryMessageQueue, installed
+    from tasks.app import app as worker_app
 
     def test_signup_starts_onboarding() -> None:
         with installed(InMemoryMessageQueue()) as queue:     # get_message_queue() returns it meanwhile
@@ -9,7 +10,7 @@ and records what it would have sent, and a way to run what it recorded through t
             [sent] = queue.sent
             assert sent.task == "workflow_execution.execute"
             assert sent.payload["workflow_id"] == "customer-onboarding"
-            [execution, *follow_ups] = queue.run()           # needs Redis: see InMemoryMessageQueue.run
+            [execution, *follow_ups] = queue.run(worker_app) # tasks.app.app; needs Redis: see run()
             assert execution.state == "SUCCESS" and execution.result["status"] == "completed"
 
 With pytest, the ``message_queue_double`` fixture of :mod:`fabric.pytest_plugin` (loaded by the package's
@@ -31,12 +32,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
 from celery.result import _set_task_join_will_block, task_join_will_block
 from celery.worker.request import Request
@@ -44,10 +45,10 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message as KombuMessage
 from kombu.serialization import dumps, loads, prepare_accept_content
 
-from config import Settings
+from config import QUEUES, Settings
 from config.queues import Queue
 from fabric import producer
-from fabric.contracts import JsonObject, resolve_queue
+from fabric.contracts import JsonObject, known_actions, resolve_queue
 from fabric.dead_letters import DeadLetterRecord
 from fabric.errors import BackendUnavailable
 from fabric.producer import Message, MessageQueue, Timing, redact_url
@@ -323,16 +324,18 @@ class InMemoryMessageQueue(MessageQueue):
         Not reproduced: priorities do not reorder messages (they run in the order they were sent) and no
         delay or retry countdown is waited for; time limits are not enforced (the pool does that).
 
-        Needs: the worker app (``app``, default ``tasks.app.app``) with its task modules; Redis at
-        ``REDIS_URL`` (delivery counts, the result backend, dead letters) and whatever backends the task
-        bodies use (by default the embedded storage, search and vector backends under ``DATA_DIR``; a temp
-        directory is fine). No broker, and no worker process.
+        Needs: the worker app, ``app`` (default: Celery's current app, which is ``tasks.app.app`` once that
+        has been imported; its task modules are imported here); Redis at ``REDIS_URL`` (delivery counts,
+        the result backend, dead letters); and whatever backends the task bodies use (by default the
+        embedded storage, search and vector backends under ``DATA_DIR``: a temp directory is fine). No
+        broker, and no worker process.
 
         ``max_messages`` bounds one run (a task that re-sends itself forever): past it, RuntimeError, and
         the messages not run by then are dropped. Raises :class:`BackendUnavailable` when Redis does not
-        answer (before anything runs; the recorded messages then stay for a later run).
+        answer, and RuntimeError when the app is not the workers' (both before anything runs: the
+        recorded messages then stay for a later run).
         """
-        worker = app if app is not None else _worker_app()
+        worker = _worker_app(app)
         self._check_redis()
         sender = self._sender()
         accept = prepare_accept_content(worker.conf.accept_content)  # type: ignore[no-untyped-call]
@@ -390,13 +393,24 @@ def _remaining(send: _Send) -> Timing:
     return Timing(countdown=countdown or None, expires=expires)
 
 
-def _worker_app() -> Celery:
-    # The worker app and its task modules; imported here, when a run needs them, because a producer (and a
-    # test of one that only records) needs none of the worker code.
-    from tasks.app import app
+def _worker_app(app: Celery | None) -> Celery:
+    """The app whose tasks run, with its task modules imported: ``app``, else this process's current Celery
+    app (Celery's own notion of "the app", which ``shared_task`` uses; the worker app ``tasks.app`` once it
+    has been imported). The fabric names no worker module: the worker layer sits above it.
 
-    app.loader.import_default_modules()
-    return app
+    Raises RuntimeError for an app not configured as the workers are (:mod:`fabric.celery_config`: its
+    routes) or without the queues' tasks: Celery's default app, say, when no worker module was imported."""
+    worker = app if app is not None else current_app._get_current_object()
+    worker.loader.import_default_modules()
+    routes = worker.conf.task_routes
+    routed = isinstance(routes, Mapping) and all(f"{queue}.*" in routes for queue in QUEUES)
+    if not routed or not {action.task for action in known_actions()} & set(worker.tasks):
+        raise RuntimeError(
+            f"InMemoryMessageQueue.run: the Celery app {worker.main!r} is not the workers' (configured by "
+            "fabric.celery_config, with the queues' tasks); pass the worker app (run(app)), or import it "
+            "first (it is then Celery's current app)"
+        )
+    return worker
 
 
 #: send_task_message's own parameters; whatever else it is given are message properties (priority ...).

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import pytest
 import redis
+from celery import Celery
 
 import tests.support.tasks  # noqa: F401 - registers the probe action and task
 from config import Settings, get_settings
@@ -240,7 +241,7 @@ def test_an_index_workflow_message_runs_and_the_search_service_finds_the_workflo
     )
     assert get_search_service().search_workflows(name) == []
 
-    [delivery] = mq.run()
+    [delivery] = mq.run(app)  # the worker app, named (the other tests take Celery's current app: the same)
 
     assert (delivery.id, delivery.task, delivery.queue) == (
         message_id,
@@ -430,6 +431,14 @@ def test_messages_run_in_the_order_they_were_sent(
         "analytics_tasks",
     ]
     mq.close()
+
+
+def test_run_says_when_the_app_is_not_the_workers() -> None:
+    mq = InMemoryMessageQueue()
+    mq.enqueue("analytics_tasks", {"action": "probe", "tag": "t"})
+    with pytest.raises(RuntimeError, match=r"'not-the-workers' is not the workers' .*; pass the worker app"):
+        mq.run(Celery("not-the-workers", set_as_current=False))
+    assert mq.queue_stats("analytics_tasks")["pending"] == 1  # kept for a later run
 
 
 def test_run_says_when_redis_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
