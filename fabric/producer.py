@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, cast
@@ -118,6 +118,11 @@ class Message:
         if self.kwargs is None:
             self.kwargs = {"payload": self.body}
 
+    def assign_id(self) -> str:
+        """The message's id: the one it has (given, or assigned before), else a new UUID from now on."""
+        self.id = self.id or str(uuid.uuid4())
+        return self.id
+
 
 class MessageQueue:
     """Enqueue work on the named queues and follow it: statuses, queue depths, dead letters."""
@@ -213,11 +218,7 @@ class MessageQueue:
         timing = self.timing(delay_seconds, ttl_seconds)
         bulk = all(message.action.bulk for message in messages)
         try:
-            with self.app.producer_or_acquire() as producer:
-                if bulk:
-                    return self._send_envelopes(producer, queue, messages, timing)
-                with producer.batch(max_size=1000):  # 1,000 Redis commands per round trip
-                    return [self._publish(message, timing, producer) for message in messages]
+            return self._send_many(queue, messages, timing, bulk)
         except OperationalError as exc:
             after = (
                 "; envelopes sent before the failure stay queued, and sending the call again is safe "
@@ -240,14 +241,10 @@ class MessageQueue:
                 prepared.append(self.prepare(queue_name, payload))
             except InvalidInput as exc:
                 raise InvalidInput(f"message {index}: {exc}") from None
-        signatures = []
         for message in prepared:
-            message.id = message.id or str(uuid.uuid4())
-            signatures.append(
-                self.app.signature(message.task, kwargs=message.kwargs, **self._options(message, Timing()))
-            )
+            message.assign_id()
         try:
-            group(signatures).apply_async()
+            self._send_group(prepared)
         except OperationalError as exc:
             raise self._unreachable(f"could not send a group of {len(prepared)} messages", exc) from exc
         return [str(message.id) for message in prepared]
@@ -258,6 +255,42 @@ class MessageQueue:
         except InvalidInput as exc:
             raise InvalidInput(f"payloads[{index}]: {exc}") from None
 
+    def pack_envelopes(
+        self, queue: Queue, messages: list[Message]
+    ) -> Iterator[tuple[Message, list[Message]]]:
+        """Pack prepared bulk messages into envelopes of ``BULK_ENVELOPE_SIZE``, one at a time: yields each
+        envelope (a ``<queue>.bulk`` message with its own id ``E``) and the messages it carries, whose ids
+        are ``E.0``, ``E.1``, ... (:func:`fabric.statuses.item_id`). Sends nothing."""
+        size = self.settings.bulk_envelope_size
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
+            items = [{"action": message.action.name, "payload": message.body} for message in chunk]
+            # One compressed text (see fabric.envelopes for why and what it saves).
+            packed = {"packed_items": pack_items(items)}
+            envelope = Message(
+                chunk[0].action, {}, chunk[0].priority, str(uuid.uuid4()), f"{queue.value}.bulk", packed
+            )
+            yield envelope, chunk
+
+    # --- the transport: above, messages are validated and prepared; below, they are sent ---------------
+    # (fabric.testing.InMemoryMessageQueue records instead: it replaces _send_many, _send_group and _publish.)
+    def _send_many(self, queue: Queue, messages: list[Message], timing: Timing, bulk: bool) -> list[str]:
+        """Send :meth:`enqueue_many`'s prepared messages: in envelopes when ``bulk``, else one Celery message
+        each, pipelined. Returns their ids. Raises kombu's OperationalError when the broker is unreachable."""
+        with self.app.producer_or_acquire() as producer:
+            if bulk:
+                return self._send_envelopes(producer, queue, messages, timing)
+            with producer.batch(max_size=1000):  # 1,000 Redis commands per round trip
+                return [self._publish(message, timing, producer) for message in messages]
+
+    def _send_group(self, messages: list[Message]) -> None:
+        """Send prepared messages (ids assigned) together as one Celery ``group``."""
+        signatures = [
+            self.app.signature(message.task, kwargs=message.kwargs, **self._options(message, Timing()))
+            for message in messages
+        ]
+        group(signatures).apply_async()
+
     def _send_envelopes(
         self, producer: Any, queue: Queue, messages: list[Message], timing: Timing
     ) -> list[str]:
@@ -266,21 +299,15 @@ class MessageQueue:
         id travels, and the consumer records the outcome of a whole envelope at once. (Bulk payloads carry
         no priority of their own: an envelope has the call's.)"""
         ids: list[str] = []
-        size = self.settings.bulk_envelope_size
         with producer.batch(max_size=1):
-            for start in range(0, len(messages), size):
-                chunk = messages[start : start + size]
-                items = [{"action": message.action.name, "payload": message.body} for message in chunk]
-                # One compressed text (see fabric.envelopes for why and what it saves).
-                packed = {"packed_items": pack_items(items)}
-                envelope = Message(
-                    chunk[0].action, {}, chunk[0].priority, str(uuid.uuid4()), f"{queue.value}.bulk", packed
-                )
-                self._publish(
-                    envelope, timing, producer, kwargsrepr=f"{{'packed_items': <{len(items)} messages>}}"
-                )
-                ids += [item_id(str(envelope.id), i) for i in range(len(items))]
+            for envelope, chunk in self.pack_envelopes(queue, messages):
+                self._publish_envelope(envelope, len(chunk), timing, producer)
+                ids += [item_id(str(envelope.id), i) for i in range(len(chunk))]
         return ids
+
+    def _publish_envelope(self, envelope: Message, count: int, timing: Timing, producer: Any = None) -> None:
+        """Send one packed envelope of ``count`` messages (its kwargs shown as a count, not the text)."""
+        self._publish(envelope, timing, producer, kwargsrepr=f"{{'packed_items': <{count} messages>}}")
 
     def _options(self, message: Message, timing: Timing) -> dict[str, Any]:
         queue = message.action.queue.value if message.queue is None else message.queue.value
@@ -298,11 +325,11 @@ class MessageQueue:
         """Send one prepared message by task name (the producer needs none of the worker code; what follows
         an execution is attached by the worker that runs it). Returns its id. Raises kombu's
         OperationalError when the broker is unreachable."""
-        message.id = message.id or str(uuid.uuid4())
+        message_id = message.assign_id()
         self.app.send_task(
             message.task, kwargs=message.kwargs, producer=producer, **self._options(message, timing), **extra
         )
-        return message.id
+        return message_id
 
     def _unreachable(self, what: str, exc: BaseException, after: str = "") -> BackendUnavailable:
         broker = redact_url(self.settings.effective_broker_url)
@@ -370,10 +397,13 @@ class MessageQueue:
             raise InvalidInput(f"unknown queue {name!r}; expected one of: {', '.join(QUEUES)}")
         try:
             pending = self._pending(name)
-            dead = self.dead_letters.count(None if name == Queue.DEAD_LETTER else name)
+            dead = self._dead_lettered(name)
         except (redis.RedisError, OperationalError) as exc:
             raise BackendUnavailable(f"could not read the depth of queue {name!r}: {exc}") from exc
         return {"queue": name, "pending": pending, "dead_lettered": dead}
+
+    def _dead_lettered(self, name: str) -> int:
+        return self.dead_letters.count(None if name == Queue.DEAD_LETTER else name)
 
     def _pending(self, name: str) -> int:
         with self.app.connection_for_read() as conn:
