@@ -30,7 +30,9 @@ MAX_UNPACKED_BYTES = 64 * 1024 * 1024
 
 def pack_items(items: list[dict[str, Any]]) -> str:
     """The items as base64 text of their zlib-compressed JSON."""
-    raw = json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()
+    # surrogatepass: a lone surrogate ("\ud800") is valid in a JSON string and single messages carry it (as an
+    # escape); json.loads of the bytes decodes it back the same way.
+    raw = json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
     return base64.b64encode(zlib.compress(raw, 1)).decode("ascii")
 
 

@@ -115,3 +115,8 @@ def test_results_of_bulk_envelopes_leave_their_items_out(redis_client: redis.Red
     assert envelope["kwargs"] is None and envelope["name"] == "indexing_tasks.bulk"
     assert envelope["queue"] == "indexing_tasks" and envelope["result"] == {"ok": True}
     assert single["kwargs"] == {"payload": ITEMS[0]["payload"]}  # other tasks keep Celery's extended result
+
+
+def test_a_lone_surrogate_travels_in_an_envelope_as_in_a_single_message() -> None:
+    items = [{"action": "index_log", "payload": {"entry": {"message": "half a pair: \ud800"}}}]
+    assert envelopes.unpack_items(envelopes.pack_items(items)) == items
