@@ -53,11 +53,14 @@ def test_whole_worker_killed_mid_task_its_message_runs_elsewhere_within_worker_l
     # kill -9 of the main process and the pool, as when a host, VM or container dies: nothing acks or
     # requeues. Default settings but WORKER_LOST_AFTER: the visibility timeout stays over an hour.
     doomed = start_worker(["indexing_tasks"], env=FAST_RECOVERY, name="doomed")
-    message_id = mq.enqueue("indexing_tasks", probe("kill-main", sleep=30))
+    hold = f"test:hold:{uuid.uuid4()}"
+    redis_client.set(hold, 1)  # the task runs until the test lets it finish
+    message_id = mq.enqueue("indexing_tasks", probe("kill-main", block_while=hold))
     wait_until(lambda: len(runs(redis_client, "kill-main")) == 1, what="the task to start")
     survivor = start_worker(["indexing_tasks"], env=FAST_RECOVERY, name="survivor")
     doomed.kill9()
     killed_at = time.time()
+    redis_client.delete(hold)  # the next delivery finishes at once
     assert mq.get_status(message_id)["state"] != "SUCCESS"
     # Back on its queue within WORKER_LOST_AFTER; allow a few seconds to be picked up on a busy machine.
     wait_until(lambda: len(runs(redis_client, "kill-main")) == 2, timeout=LOST_AFTER + 10,
@@ -198,9 +201,11 @@ def test_queued_messages_survive_a_broker_restart(
         restart = rabbit.stop, rabbit.start
     producer = MessageQueue(app=make_producer_app(settings), settings=settings)
     request.addfinalizer(producer.close)
-    for _ in range(total):
-        producer.enqueue("indexing_tasks", probe("restart"))
-    assert producer.queue_stats("indexing_tasks")["pending"] == total
+    # Ten thousand Celery messages, one each (probes are not packed in envelopes), pipelined.
+    producer.enqueue_many("indexing_tasks", [probe("restart")] * total)
+    # RabbitMQ counts what it has routed; the last publishes may still be on their way.
+    wait_until(lambda: producer.queue_stats("indexing_tasks")["pending"] == total, timeout=30,
+               what="all 10,000 messages to be queued")  # fmt: skip
     stop, start = restart
     stop()
     start()
