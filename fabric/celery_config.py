@@ -100,7 +100,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit,
         "result_expires": settings.result_expires,
         "result_extended": True,
-        "task_track_started": True,
+        # STARTED is stored by the base task, with the delivery count, in one round trip (tasks.base).
+        "task_track_started": False,
         # Flower needs task events from workers and "sent" events from producers.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

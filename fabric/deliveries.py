@@ -10,6 +10,32 @@ import redis
 
 from fabric import keys
 
+#: Count one delivery (HINCRBY and EXPIRE of the message's counts) and, when ARGV[3] is not empty, store
+#: it as the task's STARTED state the way :data:`fabric.result_backend.STORE_STATE_LUA` does (unless a
+#: SUCCESS is stored already). Returns the delivery count of the attempt.
+COUNT_AND_START_LUA = """
+local count = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[2])
+  local done = false
+  if current then
+    local ok, meta = pcall(cjson.decode, current)
+    done = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
+  end
+  if not done then
+    local ttl = tonumber(ARGV[4])
+    if ttl and ttl > 0 then
+      redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
+    else
+      redis.call('SET', KEYS[2], ARGV[3])
+    end
+    redis.call('PUBLISH', KEYS[2], ARGV[3])
+  end
+end
+return count
+"""
+
 
 def deliveries_key(message_id: str) -> str:
     return keys.deliveries(message_id)
@@ -24,6 +50,20 @@ def count_delivery(client: redis.Redis, message_id: str, attempt: int, ttl_secon
     pipe.expire(key, ttl_seconds)
     count, _ = pipe.execute()
     return int(count)
+
+
+def count_delivery_and_start(
+    client: redis.Redis, message_id: str, attempt: int, ttl_seconds: int,
+    result_key: str, started_meta: str, result_ttl: int,
+) -> int:  # fmt: skip
+    """:func:`count_delivery` and the task's STARTED state (``started_meta`` at ``result_key``, kept
+    ``result_ttl`` seconds) in one round trip: what the worker does before every task body runs."""
+    script = client.register_script(COUNT_AND_START_LUA)
+    count = script(
+        keys=[deliveries_key(message_id), result_key],
+        args=[str(attempt), ttl_seconds, started_meta, result_ttl],
+    )
+    return int(cast("int", count))
 
 
 def attempts(client: redis.Redis, message_id: str) -> int:

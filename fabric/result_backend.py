@@ -1,12 +1,18 @@
 """Celery's Redis result backend, as workers and producers use it.
 
-:class:`RedisResultBackend` (workers) stores what Celery's own does, with one exception: a task that sets
+:class:`RedisResultBackend` (workers) stores what Celery's own does, in one round trip instead of two, with
+one exception: a task that sets
 ``result_keeps_arguments = False`` (the bulk envelope consumers) is stored without its ``args`` and
 ``kwargs``. With ``result_extended`` on, Celery copies every task's arguments into its result, once for
 STARTED and once for SUCCESS, and reads the STARTED copy back before writing SUCCESS: for an envelope of 500
 documents that is three JSON passes over the whole envelope and a second copy of it kept in Redis for as
 long as results are kept, for data whose every item has a status of its own
 (:mod:`fabric.statuses`) and is already written where it belongs.
+
+Celery stores a state with a GET (to leave a SUCCESS already stored alone: a redelivered task must not
+overwrite it) and then a pipelined SET and PUBLISH: two round trips for every state of every task.
+:data:`STORE_STATE_LUA` does the same check, the SET (with the same expiry) and the PUBLISH in one script,
+so a state costs one round trip and the check and the write are atomic.
 
 :class:`ProducerRedisBackend` (producers) does not subscribe to results it will never wait for. Other
 result backends (``RESULT_BACKEND`` not Redis) are Celery's own, unchanged.
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import states
 from celery.app.task import Context
+from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -29,18 +37,84 @@ def backend_url(url: str, backend: type[RedisBackend]) -> str:
     return url
 
 
+#: Store one state: unless the key holds a SUCCESS already, SET it (with an expiry when ARGV[2] > 0) and
+#: PUBLISH it to the key's channel (``AsyncResult.get()`` listens there). Returns 1 when stored, 0 when a
+#: SUCCESS was kept. A stored value that is not JSON (it is always ours) is overwritten, as Celery would.
+STORE_STATE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl and ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def text(value: str | bytes) -> str:
+    """A key or an encoded value as ``str`` (Celery hands out either)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def expiry_seconds(expires: Any) -> int:
+    """Celery's ``result_expires`` as whole seconds for SET EX (0: keep forever)."""
+    if expires is None:
+        return 0
+    seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else float(expires)
+    return max(int(seconds), 0) if seconds else 0
+
+
 class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no type hints
-    """Celery's Redis backend, leaving out the arguments of tasks that ask for it."""
+    """Celery's Redis backend in one round trip per state, leaving out the arguments of tasks that ask."""
 
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
         **kwargs: Any,
     ) -> Any:  # fmt: skip
+        return super().store_result(
+            task_id, result, state, traceback=traceback, request=self._stored_request(request), **kwargs
+        )
+
+    def _stored_request(self, request: Any) -> Any:
         if request is not None:
             task = self.app.tasks.get(getattr(request, "task", None) or "")
             if task is not None and not getattr(task, "result_keeps_arguments", True):
-                request = Context(vars(request), args=None, kwargs=None)
-        return super().store_result(task_id, result, state, traceback=traceback, request=request, **kwargs)
+                return Context(vars(request), args=None, kwargs=None)
+        return request
+
+    def meta_for(self, task_id: str, result: Any, state: str, request: Any = None) -> str:
+        """The encoded meta Celery would store for ``state`` (what :meth:`store_result` writes), for a caller
+        that writes it in a script of its own (the base task stores STARTED with its delivery count)."""
+        meta = self._get_result_meta(
+            result=self.encode_result(result, state),
+            state=state,
+            traceback=None,
+            request=self._stored_request(request),
+        )
+        meta["task_id"] = text(task_id)
+        return text(self.encode(meta))
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = text(task_id)
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        self.ensure(self._store_state, (self.get_key_for_task(task_id), value, expiry_seconds(expires)))
+        return result
+
+    def _store_state(self, key: Any, value: Any, ttl: int) -> Any:
+        return self.client.register_script(STORE_STATE_LUA)(keys=[key], args=[value, ttl])
 
 
 class ProducerRedisBackend(RedisResultBackend):

@@ -3,8 +3,10 @@
 Cross-cutting behaviour lives here once; task bodies stay thin (validate, call workflows/services, return
 JSON).
 
-- Each delivery of each attempt is counted in Redis before the body runs. Past ``MAX_DELIVERIES`` (the worker
-  process died every time: a poison message) the message is dead-lettered instead of run again.
+- Each delivery of each attempt is counted in Redis before the body runs, in the same round trip as the
+  task's STARTED state (which Celery's ``task_track_started`` would store with two more). Past
+  ``MAX_DELIVERIES`` (the worker process died every time: a poison message) the message is dead-lettered
+  instead of run again.
 - :class:`~fabric.errors.TransientError` is retried with exponential backoff and jitter, up to
   ``MAX_RETRIES``; any other exception fails at once.
 - Every final failure (permanent error, retries exhausted, unexpected error) is dead-lettered with the
@@ -13,10 +15,11 @@ JSON).
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
@@ -26,6 +29,7 @@ from fabric import deliveries
 from fabric.dead_letters import DeadLetter, Reason, publish
 from fabric.errors import PermanentError, TransientError
 from fabric.redis_clients import get_redis
+from fabric.result_backend import RedisResultBackend, expiry_seconds, text
 from services.resilience import CircuitOpen
 
 logger = get_task_logger(__name__)
@@ -53,9 +57,7 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         if request.called_directly or request.id is None:
             return super().__call__(*args, **kwargs)
         settings = get_settings()
-        delivered = deliveries.count_delivery(
-            get_redis(), request.id, request.retries, settings.result_expires
-        )
+        delivered = self._count_delivery_and_start(request, settings.result_expires)
         if delivered > settings.max_deliveries:
             error = PoisonMessage(
                 f"delivered {delivered - 1} times without finishing: the worker process died each time "
@@ -74,6 +76,26 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
             )
         # The tracer has pushed this delivery's request already; run the body under it.
         return self.run(*args, **kwargs)
+
+    def _count_delivery_and_start(self, request: Any, ttl_seconds: int) -> int:
+        """Count this delivery and store the STARTED state Flower and ``get_status`` show; one round trip
+        when the result backend is our Redis backend on ``REDIS_URL`` (the default), else two."""
+        settings = get_settings()
+        backend = self.backend
+        started = {"pid": os.getpid(), "hostname": request.hostname}
+        if (
+            isinstance(backend, RedisResultBackend)
+            and settings.effective_result_backend == settings.redis_url
+        ):
+            return deliveries.count_delivery_and_start(
+                get_redis(), request.id, request.retries, ttl_seconds,
+                result_key=text(backend.get_key_for_task(request.id)),
+                started_meta=backend.meta_for(request.id, started, states.STARTED, request=request),
+                result_ttl=expiry_seconds(backend.expires),
+            )  # fmt: skip
+        delivered = deliveries.count_delivery(get_redis(), request.id, request.retries, ttl_seconds)
+        backend.store_result(request.id, started, states.STARTED, request=request)
+        return delivered
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if not self.dead_letter_on_failure:
