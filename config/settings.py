@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     )
     circuit_window: float = Field(60.0, gt=0, description="Seconds over which a breaker counts failures.")
     metrics_port: int = Field(9808, description="Port `python -m services.metrics` serves /metrics on.")
+    metrics_flush_interval: float = Field(
+        0.5, gt=0, le=60,
+        description="Seconds between two writes of a worker process's task metrics to Redis (and at exit).",
+    )  # fmt: skip
 
     # --- batching (index and vector writes) --------------------------------------------------------
     batch_max_size: int = Field(

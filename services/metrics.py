@@ -37,11 +37,19 @@ Why the numbers live in Redis
 Workers are prefork pools, often on several machines. Prometheus' multiprocess mode (one mmap file per
 process under ``PROMETHEUS_MULTIPROC_DIR``) only aggregates the processes of *one host*, needs the variable
 set before ``prometheus_client`` is first imported, and needs dead-process cleanup when pool children are
-recycled. Instead each worker process adds its observations to a few Redis hashes (one pipelined round trip
-per task, in ``task_postrun``), and a custom collector turns those hashes into metric families when scraped.
+recycled. Instead each worker process adds its observations to a few Redis hashes, and a custom collector
+turns those hashes into metric families when scraped.
 So one scrape of any ``/metrics`` endpoint (this module's server, or the API's, which serves
 :func:`fleet_registry`) gives the whole fleet's totals, and they survive worker restarts. Counters reset
 only when Redis is flushed.
+
+A worker process does not write a task's outcome when the task ends: :func:`count_task` (``task_postrun``)
+adds it to the process's own tally, and a thread adds the tally to Redis in one pipelined round trip every
+``METRICS_FLUSH_INTERVAL`` seconds (0.5), and when the process stops (``worker_process_shutdown``,
+``worker_shutdown``). So a busy worker pays one round trip per half second for its task metrics, not one
+per task; the numbers a scrape sees are at most that much behind, and a process killed with ``kill -9``
+loses at most its last half second of task outcomes. Executions are counted at once
+(:func:`record_execution`: once per execution id, in the same script as its marker).
 
 If Redis does not answer, recording an observation is skipped with a warning: metrics never fail a task.
 """
@@ -52,6 +60,7 @@ import argparse
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -66,6 +75,7 @@ from config.settings import Settings
 from fabric import keys
 from fabric.errors import AppError, BackendUnavailable
 from fabric.redis_clients import get_redis
+from fabric.registry import PerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -139,22 +149,100 @@ def _bucket_field(duration: float) -> str:
 
 
 def record_task(task: str, outcome: str, duration: float | None, client: redis.Redis | None = None) -> None:
-    """Add one finished run of ``task``: its ``outcome`` (one of :data:`OUTCOMES`) and, when known, its
-    ``duration`` in seconds. One pipelined round trip; a Redis error is logged, never raised."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
-    try:
-        with (client or get_redis()).pipeline(transaction=False) as pipe:
-            pipe.hincrby(OUTCOMES_KEY, f"{task}{_SEP}{outcome}", 1)
+    """Add one finished run of ``task`` to Redis now: its ``outcome`` (one of :data:`OUTCOMES`) and, when
+    known, its ``duration`` in seconds. One pipelined round trip; a Redis error is logged, never raised.
+    (Workers tally instead, with :func:`count_task`.)"""
+    tally = TaskTally()
+    tally.tally(task, outcome, duration)
+    tally.flush(client)
+
+
+class TaskTally:
+    """A process's task outcomes and durations not yet in Redis; a daemon thread adds them every
+    ``interval`` seconds in one pipeline. Thread-safe (the threads pool counts from many threads)."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        self.interval = interval if interval is not None else get_settings().metrics_flush_interval
+        self._lock = threading.Lock()
+        self._outcomes: Counter[str] = Counter()
+        self._buckets: dict[str, Counter[str]] = {}
+        self._sums: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, task: str, outcome: str, duration: float | None) -> None:
+        """Tally one finished run; the thread that adds tallies to Redis starts with the first."""
+        self.tally(task, outcome, duration)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wft-task-metrics", daemon=True)
+                self._thread.start()
+
+    def tally(self, task: str, outcome: str, duration: float | None) -> None:
+        """Tally one finished run (raises ValueError for an unknown outcome)."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {OUTCOMES}")
+        with self._lock:
+            self._outcomes[f"{task}{_SEP}{outcome}"] += 1
             if duration is not None:
-                key = DURATION_KEY + task
-                pipe.sadd(DURATION_TASKS_KEY, task)
-                pipe.hincrby(key, _bucket_field(duration), 1)
-                pipe.hincrby(key, "count", 1)
-                pipe.hincrbyfloat(key, "sum", duration)
-            pipe.execute()
-    except redis.RedisError as exc:
-        _redis_failed(f"the outcome of {task}", exc)
+                buckets = self._buckets.setdefault(task, Counter())
+                buckets[_bucket_field(duration)] += 1
+                buckets["count"] += 1
+                self._sums[task] = self._sums.get(task, 0.0) + duration
+
+    def flush(self, client: redis.Redis | None = None) -> None:
+        """Add everything tallied to Redis now, in one round trip. On a Redis error the tally is kept for
+        the next flush (logged, never raised)."""
+        with self._lock:
+            outcomes, buckets, sums = self._outcomes, self._buckets, self._sums
+            if not outcomes:
+                return
+            self._outcomes, self._buckets, self._sums = Counter(), {}, {}
+        try:
+            with (client or get_redis()).pipeline(transaction=False) as pipe:
+                for field, count in outcomes.items():
+                    pipe.hincrby(OUTCOMES_KEY, field, count)
+                for task, counts in buckets.items():
+                    key = DURATION_KEY + task
+                    pipe.sadd(DURATION_TASKS_KEY, task)
+                    for field, count in counts.items():
+                        pipe.hincrby(key, field, count)
+                    pipe.hincrbyfloat(key, "sum", sums.get(task, 0.0))
+                pipe.execute()
+        except redis.RedisError as exc:
+            with self._lock:
+                self._outcomes.update(outcomes)
+                for task, counts in buckets.items():
+                    self._buckets.setdefault(task, Counter()).update(counts)
+                    self._sums[task] = self._sums.get(task, 0.0) + sums.get(task, 0.0)
+            _redis_failed("task outcomes", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop the thread and flush what is left."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self.flush()
+
+
+_tally: PerProcess[TaskTally] = PerProcess("task metrics tally", TaskTally)
+
+
+def count_task(task: str, outcome: str, duration: float | None) -> None:
+    """Tally one finished run of ``task`` (see :func:`record_task`), added to Redis with the others of this
+    process within ``METRICS_FLUSH_INTERVAL`` seconds. What workers call for every task."""
+    _tally.get().add(task, outcome, duration)
+
+
+def flush_task_counts() -> None:
+    """Add this process's tally to Redis now (a worker process that stops; tests)."""
+    tally = _tally.peek()
+    if tally is not None:
+        tally.flush()
 
 
 def record_retry(task: str, error: str, client: redis.Redis | None = None) -> None:

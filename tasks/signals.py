@@ -2,7 +2,8 @@
 (:mod:`services.logging`). Loaded by the app's ``include`` list; holds no tasks.
 
 - ``task_prerun``: start the clock; attach task id, name, queue and execution id to the log context.
-- ``task_postrun``: record the outcome and duration; clear the log context.
+- ``task_postrun``: tally the outcome and duration (added to Redis every half second); clear the log context.
+- ``worker_process_shutdown`` / ``worker_shutdown``: add what is tallied to Redis before the process ends.
 - ``task_failure``: remember that the run failed (dead-lettered unless the task says otherwise).
 - ``task_retry``: count the retry by error type.
 - ``after_setup_logger`` / ``after_setup_task_logger``: JSON lines when ``LOG_JSON`` is set.
@@ -89,7 +90,7 @@ def _on_postrun(
         outcome = "rejected"
     else:
         outcome = "ignored"  # Ignore(): e.g. a poison message, dead-lettered by the base task itself
-    metrics.record_task(name, outcome, duration)
+    metrics.count_task(name, outcome, duration)
     # A redelivered dead letter is stored once (the consumer says whether it was new): count it once.
     if name == DEAD_LETTER_TASK and state == "SUCCESS" and isinstance(kwargs, dict):
         record = kwargs.get("record")
@@ -108,3 +109,9 @@ def _json_root_logger(logger: logging.Logger, **_: Any) -> None:
 def _json_task_logger(logger: logging.Logger, **_: Any) -> None:
     if get_settings().log_json:
         structured.use_json(logger)
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _flush_metrics(**_: Any) -> None:
+    metrics.flush_task_counts()

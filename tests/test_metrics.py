@@ -85,12 +85,15 @@ def test_a_run_is_counted_by_outcome_with_durations_retries_dead_letters_and_dep
     task = "testing.probe"
 
     def counted() -> bool:
+        # Workers add their task tallies to Redis every METRICS_FLUSH_INTERVAL: wait for the last ones.
         samples = scrape(metrics_url)
         return (
             value(samples, "wft_dead_letters_total", queue="indexing_tasks", reason="retries_exhausted") == 1
+            and value(samples, "wft_task_outcomes_total", task="dead_letter.store", outcome="success") == 2
+            and value(samples, "wft_task_duration_seconds_count", task=task) == 6
         )
 
-    wait_until(counted, timeout=30, what="the dead letters to be counted")
+    wait_until(counted, timeout=30, what="the dead letters and every task outcome to be counted")
     samples = scrape(metrics_url)
     assert value(samples, "wft_metrics_redis_up") == 1
     assert value(samples, "wft_task_outcomes_total", task=task, outcome="success") == 3
@@ -130,6 +133,58 @@ def test_redis_down_never_fails_recording_and_scrape_says_so() -> None:
     registry = metrics.fleet_registry(dead)
     assert registry.get_sample_value("wft_metrics_redis_up") == 0
     dead.close()
+
+
+def test_a_workers_tally_reaches_redis_within_the_flush_interval(
+    redis_client: redis.Redis, metrics_url: str
+) -> None:
+    reset_redis()
+    for duration in (0.003, 0.2):
+        metrics.count_task("t.e", "success", duration)
+    metrics.count_task("t.e", "ignored", None)
+    with pytest.raises(ValueError, match="unknown outcome"):
+        metrics.count_task("t.e", "exploded", 1.0)
+
+    def landed() -> bool:
+        samples = scrape(metrics_url)
+        return (
+            value(samples, "wft_task_outcomes_total", task="t.e", outcome="success") == 2
+            and value(samples, "wft_task_outcomes_total", task="t.e", outcome="ignored") == 1
+        )
+
+    wait_until(landed, timeout=10, what="the tally to be added to Redis by its thread")
+    samples = scrape(metrics_url)
+    assert value(samples, "wft_task_duration_seconds_count", task="t.e") == 2
+    assert value(samples, "wft_task_duration_seconds_bucket", task="t.e", le="0.005") == 1
+    assert abs(value(samples, "wft_task_duration_seconds_sum", task="t.e") - 0.203) < 1e-9
+
+
+def test_a_tally_redis_refused_is_kept_for_the_next_flush(redis_client: redis.Redis) -> None:
+    tally = metrics.TaskTally(interval=3600)  # no flush but the ones below
+    tally.tally("t.f", "failure", 1.0)
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    tally.flush(dead)  # logged, not raised, and nothing is lost
+    tally.tally("t.f", "failure", 2.0)
+    tally.flush(redis_client)
+    assert redis_client.hget(metrics.OUTCOMES_KEY, "t.f|failure") == b"2"
+    assert float(redis_client.hget(metrics.DURATION_KEY + "t.f", "sum") or 0) == 3.0
+    tally.flush(redis_client)  # an empty tally writes nothing
+    assert redis_client.hget(metrics.OUTCOMES_KEY, "t.f|failure") == b"2"
+    dead.close()
+
+
+def test_a_stopping_worker_adds_its_last_tally(
+    mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis
+) -> None:
+    # Its thread never flushes within the test: only the flush at exit can bring the counts.
+    worker = start_worker(["indexing_tasks"], concurrency=1, env={"METRICS_FLUSH_INTERVAL": "60"})
+    tag = uuid.uuid4().hex[:8]
+    ids = [mq.enqueue("indexing_tasks", {"action": "probe", "tag": tag, "value": i}) for i in range(3)]
+    wait_until(lambda: all(mq.get_status(i)["state"] == "SUCCESS" for i in ids), timeout=60,
+               what="the probes to succeed")  # fmt: skip
+    assert redis_client.hget(metrics.OUTCOMES_KEY, "testing.probe|success") is None  # still tallied
+    worker.stop()
+    assert redis_client.hget(metrics.OUTCOMES_KEY, "testing.probe|success") == b"3"
 
 
 def test_module_serves_the_fleet_metrics(tmp_path: Path, redis_client: redis.Redis) -> None:
