@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from celery import Celery, group, signals
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from config import QUEUES, Settings, get_settings
 from config.queues import Queue
@@ -326,10 +326,26 @@ class MessageQueue:
         an execution is attached by the worker that runs it). Returns its id. Raises kombu's
         OperationalError when the broker is unreachable."""
         message_id = message.assign_id()
+        if producer is not None:
+            self._send(message, timing, producer, extra)
+            return message_id
+        try:
+            # The message and its task-sent event (for Flower) in one round trip on Redis; brokers that
+            # cannot batch publish each at once, as Celery does.
+            with self.app.producer_or_acquire() as acquired, acquired.batch(max_size=2):
+                self._send(message, timing, acquired, extra)
+        except BatchPublishError:
+            # The connection failed while the batch was written: the message may or may not be on its
+            # queue. Send it again as Celery would (retrying on connection errors): at least once, as
+            # every delivery here is; a worker that gets it twice runs one id twice, idempotently.
+            with self.app.producer_or_acquire() as acquired:
+                self._send(message, timing, acquired, extra)
+        return message_id
+
+    def _send(self, message: Message, timing: Timing, producer: Any, extra: dict[str, Any]) -> None:
         self.app.send_task(
             message.task, kwargs=message.kwargs, producer=producer, **self._options(message, timing), **extra
         )
-        return message_id
 
     def _unreachable(self, what: str, exc: BaseException, after: str = "") -> BackendUnavailable:
         broker = redact_url(self.settings.effective_broker_url)

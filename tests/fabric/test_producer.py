@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import re
 
 import pytest
@@ -11,6 +13,7 @@ import redis
 from config.queues import WORK_QUEUES
 from fabric.errors import InvalidInput
 from fabric.producer import MessageQueue
+from tests.support.roundtrips import RoundTrips
 
 GOOD = {
     "workflow_execution": {"workflow_id": "wf-1", "input_data": {"a": 1}, "priority": 5},
@@ -181,3 +184,26 @@ def test_every_send_path_takes_the_payloads_own_priority(
     # Priority 9 (ours, highest) is kombu's level 0 on Redis: the list named like the queue.
     assert redis_client.llen("workflow_execution") == 1
     assert redis_client.llen("workflow_execution\x06\x169") == 0
+
+
+def test_enqueue_sends_the_message_and_its_sent_event_in_one_round_trip(
+    mq: MessageQueue, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])  # connects and declares once
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2) is not None  # the subscription's confirmation
+    trips = RoundTrips(monkeypatch)
+    message_id = mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])
+    assert trips.count == 1  # the LPUSH and the PUBLISH of the task-sent event, pipelined
+    monkeypatch.undo()
+    published = events.get_message(timeout=5)
+    events.close()
+    assert published is not None, "no task-sent event: Flower would not see the message until it runs"
+    envelope = json.loads(published["data"])
+    body = envelope["body"]
+    if envelope["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    event = json.loads(body)
+    assert (event["type"], event["uuid"], event["queue"]) == ("task-sent", message_id, "indexing_tasks")
+    assert depths(mq)["indexing_tasks"] == 2

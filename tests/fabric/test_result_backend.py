@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import redis
-import redis.connection
 from celery import Celery, states
 from celery.app.task import Context
 
 from config import get_settings
 from fabric import celery_config, deliveries
 from fabric.result_backend import RedisResultBackend
+from tests.support.roundtrips import RoundTrips
 
 
 def _app() -> Celery:
@@ -31,21 +31,6 @@ def _stored(client: redis.Redis, task_id: str) -> dict[str, Any]:
     return dict(json.loads(raw))
 
 
-class _RoundTrips:
-    """Counts the requests a process writes to Redis (each pipeline or command is one), letting them
-    through unchanged."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.count = 0
-        real = redis.connection.AbstractConnection.send_packed_command
-
-        def counting(connection: Any, command: Any, check_health: bool = True) -> None:
-            self.count += 1
-            real(connection, command, check_health)
-
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
-
-
 def test_the_worker_backend_stores_a_state_in_one_round_trip(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -53,7 +38,7 @@ def test_the_worker_backend_stores_a_state_in_one_round_trip(
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
     backend.store_result("t-0", {"warm": 1}, states.SUCCESS)  # loads the script once
-    trips = _RoundTrips(monkeypatch)
+    trips = RoundTrips(monkeypatch)
     backend.store_result("t-1", {"ok": 1}, states.SUCCESS)
     assert trips.count == 1  # Celery's own backend: a GET, then a pipelined SETEX and PUBLISH
     meta = _stored(redis_client, "t-1")
