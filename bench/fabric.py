@@ -9,7 +9,8 @@ Three kinds, each ``n`` messages enqueued, then drained by one prefork -c2 worke
 
 - ``lean``: stock Celery as its docs set it up for reliable tasks (``bench.fabric_tasks.lean_configuration``:
   JSON, acks late, prefetch 1, reject on worker lost, results in Redis; no task or sent events, no STARTED
-  state, no extended results, no priority lists), ``send_task`` by name, a worker without ``-E``.
+  state, no extended results, kombu's default four priority lists instead of our ten), ``send_task`` by
+  name to the default queue, a worker without ``-E``.
 - ``bare``: stock Celery configured like ours (``celery_config.build(get_settings())``), ``send_task`` to a
   bare task: what our settings cost is the gap between ``lean`` and ``bare``.
 - ``ours``: ``enqueue()`` (contract validation) and the base task (delivery counting, dead-lettering).

@@ -23,7 +23,7 @@ def test_lean_configuration_is_celerys_reliable_tasks_setup_not_ours() -> None:
     assert conf["worker_prefetch_multiplier"] == 1
     assert not conf["task_ignore_result"]
     assert not conf["worker_send_task_events"] and not conf["task_send_sent_event"]
-    # None of what our settings add: STARTED state, extended results, priority lists, own queues.
+    # None of what our settings add: STARTED state, extended results, ten priority lists, own queues.
     for ours in ("task_track_started", "result_extended", "broker_transport_options", "task_queues"):
         assert ours not in conf
 
