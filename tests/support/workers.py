@@ -17,7 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess(ManagedProcess):
-    """``celery -A tasks.app worker`` in a subprocess, consuming ``queues``, with the test tasks loaded."""
+    """``celery -A tasks.app worker`` in a subprocess, consuming ``queues``, with the test tasks loaded.
+
+    ``events`` passes ``-E`` (task events, which Flower and the event tests need); ``events=False`` runs the
+    worker as a stock Celery deployment would, sending no task events.
+    """
 
     def __init__(
         self,
@@ -32,6 +36,7 @@ class WorkerProcess(ManagedProcess):
         loglevel: str = "INFO",
         app: str = "tasks.app",
         include: str = "tests.support.tasks",
+        events: bool = True,
     ) -> None:
         self.nodename = f"{name or 'w-' + uuid.uuid4().hex[:8]}@localhost"
         full_env = dict(os.environ)
@@ -40,7 +45,8 @@ class WorkerProcess(ManagedProcess):
         argv = [
             sys.executable, "-m", "celery", "-A", app, "worker",
             "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-n", self.nodename,
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-E", "-l", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat", *(["-E"] if events else []),
+            "-l", loglevel,
             *(["-I", include] if include else []), *extra_args,
         ]  # fmt: skip
         super().__init__(argv, workdir, self.nodename.split("@")[0], env=full_env)
