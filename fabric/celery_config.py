@@ -102,8 +102,10 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_extended": True,
         # STARTED is stored by the base task, with the delivery count, in one round trip (tasks.base).
         "task_track_started": False,
-        # Flower needs task events from workers and "sent" events from producers.
+        # Flower needs task events from workers and "sent" events from producers. Workers send theirs in
+        # batches a tenth of a second apart (fabric.consumer).
         "worker_send_task_events": True,
+        "worker_consumer": "fabric.consumer:Consumer",
         "task_send_sent_event": True,
         "task_queues": queues,
         "task_default_queue": "workflow_execution",

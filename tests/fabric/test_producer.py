@@ -6,14 +6,19 @@ import base64
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis
 
 from config.queues import WORK_QUEUES
+from fabric import sent_events
 from fabric.errors import InvalidInput
 from fabric.producer import MessageQueue
 from tests.support.roundtrips import RoundTrips
+from tests.support.workers import REPO_ROOT
 
 GOOD = {
     "workflow_execution": {"workflow_id": "wf-1", "input_data": {"a": 1}, "priority": 5},
@@ -186,24 +191,64 @@ def test_every_send_path_takes_the_payloads_own_priority(
     assert redis_client.llen("workflow_execution\x06\x169") == 0
 
 
-def test_enqueue_sends_the_message_and_its_sent_event_in_one_round_trip(
-    mq: MessageQueue, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])  # connects and declares once
-    events = redis_client.pubsub()
-    events.psubscribe("*celeryev*")
-    assert events.get_message(timeout=2) is not None  # the subscription's confirmation
-    trips = RoundTrips(monkeypatch)
-    message_id = mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])
-    assert trips.count == 1  # the LPUSH and the PUBLISH of the task-sent event, pipelined
-    monkeypatch.undo()
-    published = events.get_message(timeout=5)
-    events.close()
-    assert published is not None, "no task-sent event: Flower would not see the message until it runs"
+def _events(pubsub: redis.client.PubSub, timeout: float = 5) -> list[dict[str, object]]:
+    """The events of the next message on the event exchange (a ``task.multi`` message holds several)."""
+    published = pubsub.get_message(timeout=timeout)
+    assert published is not None, "no event message was published"
     envelope = json.loads(published["data"])
     body = envelope["body"]
     if envelope["properties"].get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    event = json.loads(body)
-    assert (event["type"], event["uuid"], event["queue"]) == ("task-sent", message_id, "indexing_tasks")
-    assert depths(mq)["indexing_tasks"] == 2
+    decoded = json.loads(body)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def test_enqueue_sends_one_message_and_its_sent_event_follows_in_a_batch(
+    mq: MessageQueue, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2) is not None  # the subscription's confirmation
+    mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])  # connects and declares once
+    assert [e["type"] for e in _events(events)] == ["task-sent"]
+    trips = RoundTrips(monkeypatch)
+    ids = [mq.enqueue("indexing_tasks", GOOD["indexing_tasks"]) for _ in range(5)]
+    assert trips.count == 5  # one LPUSH each: the sent events go from the buffer's thread
+    monkeypatch.undo()
+    sent: list[dict[str, object]] = []
+    while len(sent) < 5:
+        sent += _events(events)
+    events.close()
+    # Flower sees every message as sent, with the fields Celery gives the event, in the order sent.
+    assert [e["uuid"] for e in sent] == ids
+    assert {(e["type"], e["queue"], e["name"]) for e in sent} == {
+        ("task-sent", "indexing_tasks", "indexing_tasks.index_workflow")
+    }
+    clocks = [int(str(e["clock"])) for e in sent]
+    assert clocks == sorted(clocks)
+    assert depths(mq)["indexing_tasks"] == 6
+
+
+def test_close_and_exit_send_the_sent_events_still_kept(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2) is not None
+    monkeypatch.setattr(sent_events, "SENT_EVENT_DELAY", 60.0)  # the thread would not send within the test
+    producer = MessageQueue()
+    message_id = producer.enqueue("indexing_tasks", GOOD["indexing_tasks"])
+    producer.close()
+    assert [e["uuid"] for e in _events(events, timeout=5)] == [message_id]
+    # A script that enqueues and exits without closing anything: its event is sent at exit.
+    script = (
+        "import sys; from fabric import sent_events; sent_events.SENT_EVENT_DELAY = 60.0\n"
+        "from fabric.producer import get_message_queue\n"
+        "print(get_message_queue().enqueue('indexing_tasks', {'action': 'index_workflow', "
+        "'workflow': {'id': 'wf-1', 'name': 'Invoices'}}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=REPO_ROOT, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [e["uuid"] for e in _events(events, timeout=5)] == [done.stdout.strip()]
+    events.close()
