@@ -5,10 +5,13 @@ from __future__ import annotations
 from celery import Celery
 
 from fabric.leases import WorkerLease
+from fabric.sent_events import ProducerAMQP
 
 app = Celery(
     "wft",
     task_cls="tasks.base:BaseTask",
+    # What workers send (follow-ups, retries, dead letters) has its task-sent events batched, as producers'.
+    amqp=ProducerAMQP,
     include=[
         "tasks.execution",
         "tasks.indexing",

@@ -3,7 +3,8 @@
 
 - ``task_prerun``: start the clock; attach task id, name, queue and execution id to the log context.
 - ``task_postrun``: tally the outcome and duration (added to Redis every half second); clear the log context.
-- ``worker_process_shutdown`` / ``worker_shutdown``: add what is tallied to Redis before the process ends.
+- ``worker_process_shutdown`` / ``worker_shutdown``: add what is tallied to Redis and send the task-sent
+  events still kept (:mod:`fabric.sent_events`) before the process ends.
 - ``task_failure``: remember that the run failed (dead-lettered unless the task says otherwise).
 - ``task_retry``: count the retry by error type.
 - ``after_setup_logger`` / ``after_setup_task_logger``: JSON lines when ``LOG_JSON`` is set.
@@ -20,6 +21,7 @@ from celery import signals
 
 from config import get_settings
 from fabric.dead_letters import DEAD_LETTER_TASK
+from fabric.sent_events import SentEventBuffer
 from services import logging as structured
 from services import metrics
 
@@ -113,5 +115,11 @@ def _json_task_logger(logger: logging.Logger, **_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
-def _flush_metrics(**_: Any) -> None:
+def _flush_metrics(sender: Any = None, **_: Any) -> None:
     metrics.flush_task_counts()
+    # The task-sent events of what this process sent (follow-ups, retries) and has not sent yet.
+    from tasks.app import app
+
+    sent_events = app.amqp.__dict__.get("_event_dispatcher")
+    if isinstance(sent_events, SentEventBuffer):
+        sent_events.send_kept()

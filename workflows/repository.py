@@ -133,15 +133,21 @@ class WorkflowRepository:
 
     # --- execution records ------------------------------------------------------------------------------
 
-    def save_execution(self, record: ExecutionRecord) -> str:
+    def save_execution(self, record: ExecutionRecord, *, listed: bool = False) -> str:
         """Store ``record`` as ``executions/{id}/result.json`` (replacing an earlier version). Returns the
-        object name."""
-        self.storage.upload_file(
-            ARTIFACTS_BUCKET,
-            _marker(record.workflow_id, record.execution_id),
-            b"",
-            "application/octet-stream",
-        )
+        object name.
+
+        The record is also listed under its workflow (an empty marker object, written before the record so
+        a stored record is always listed). ``listed=True`` says this process stored a version of the same
+        record already, which wrote the marker: one write instead of two (the final record of an
+        execution whose ``running`` record was stored)."""
+        if not listed:
+            self.storage.upload_file(
+                ARTIFACTS_BUCKET,
+                _marker(record.workflow_id, record.execution_id),
+                b"",
+                "application/octet-stream",
+            )
         name = result_object(record.execution_id)
         self.storage.upload_file(
             ARTIFACTS_BUCKET, name, record.model_dump_json(indent=2).encode("utf-8"), "application/json"

@@ -72,7 +72,7 @@ def run_execution(
     record = run_engine.run(
         plan, input_data, execution_id=execution_id, should_cancel=should_cancel, on_step=on_step
     )
-    repo.save_execution(record)
+    repo.save_execution(record, listed=record_running)  # the running record wrote its marker
     count_execution(record)
     return record, True
 

@@ -81,3 +81,25 @@ def test_cancelled_execution_is_stored_as_cancelled(repo: WorkflowRepository) ->
     stored = repo.get_execution("x-5")
     assert stored is not None and stored.status is ExecutionStatus.CANCELLED
     assert CountingStep.calls == 0
+
+
+def test_an_execution_writes_its_running_record_its_marker_and_its_final_record_once_each(
+    repo: WorkflowRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save(repo)
+    written: list[str] = []
+    upload = repo.storage.upload_file
+
+    def recording(bucket: str, name: str, *args: Any, **kwargs: Any) -> str:
+        written.append(name)
+        return upload(bucket, name, *args, **kwargs)
+
+    monkeypatch.setattr(repo.storage, "upload_file", recording)
+    run_execution("wf", {"a": 1}, execution_id="x-9", repository=repo)
+    assert written == ["by-workflow/wf/x-9", "executions/x-9/result.json", "executions/x-9/result.json"]
+    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-9"]
+    # Without a running record first, the final save lists the execution itself.
+    written.clear()
+    run_execution("wf", {"a": 2}, execution_id="x-10", repository=repo, record_running=False)
+    assert written == ["by-workflow/wf/x-10", "executions/x-10/result.json"]
+    assert {r.execution_id for r in repo.list_executions(workflow_id="wf")} == {"x-9", "x-10"}
