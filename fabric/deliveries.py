@@ -9,32 +9,20 @@ from typing import cast
 import redis
 
 from fabric import keys
+from fabric.result_backend import STORE_STATE_FUNCTION
 
 #: Count one delivery (HINCRBY and EXPIRE of the message's counts) and, when ARGV[3] is not empty, store
-#: it as the task's STARTED state the way :data:`fabric.result_backend.STORE_STATE_LUA` does (unless a
-#: SUCCESS is stored already). Returns the delivery count of the attempt.
-COUNT_AND_START_LUA = """
+#: it as the task's STARTED state as the result backend stores every state (unless a SUCCESS is stored
+#: already). Returns the delivery count of the attempt.
+COUNT_AND_START_LUA = (
+    STORE_STATE_FUNCTION
+    + """
 local count = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if ARGV[3] ~= '' then
-  local current = redis.call('GET', KEYS[2])
-  local done = false
-  if current then
-    local ok, meta = pcall(cjson.decode, current)
-    done = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
-  end
-  if not done then
-    local ttl = tonumber(ARGV[4])
-    if ttl and ttl > 0 then
-      redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
-    else
-      redis.call('SET', KEYS[2], ARGV[3])
-    end
-    redis.call('PUBLISH', KEYS[2], ARGV[3])
-  end
-end
+if ARGV[3] ~= '' then store_state(KEYS[2], ARGV[3], ARGV[4]) end
 return count
 """
+)
 
 
 def deliveries_key(message_id: str) -> str:

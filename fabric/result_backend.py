@@ -37,24 +37,30 @@ def backend_url(url: str, backend: type[RedisBackend]) -> str:
     return url
 
 
-#: Store one state: unless the key holds a SUCCESS already, SET it (with an expiry when ARGV[2] > 0) and
-#: PUBLISH it to the key's channel (``AsyncResult.get()`` listens there). Returns 1 when stored, 0 when a
-#: SUCCESS was kept. A stored value that is not JSON (it is always ours) is overwritten, as Celery would.
-STORE_STATE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+#: A Lua function, ``store_state(key, value, ttl)``: unless ``key`` holds a SUCCESS already, SET it (with
+#: an expiry when ``ttl`` > 0) and PUBLISH it to the key's channel (``AsyncResult.get()`` listens there).
+#: Returns 1 when stored, 0 when a SUCCESS was kept. A stored value that is not JSON (it is always ours)
+#: is overwritten, as Celery would. Scripts that store a state begin with it.
+STORE_STATE_FUNCTION = """
+local function store_state(key, value, ttl)
+  local current = redis.call('GET', key)
+  if current then
+    local ok, meta = pcall(cjson.decode, current)
+    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+  end
+  ttl = tonumber(ttl)
+  if ttl and ttl > 0 then
+    redis.call('SET', key, value, 'EX', ttl)
+  else
+    redis.call('SET', key, value)
+  end
+  redis.call('PUBLISH', key, value)
+  return 1
 end
-local ttl = tonumber(ARGV[2])
-if ttl and ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+
+#: Store one state (KEYS[1]: the task's key; ARGV: the encoded meta, its TTL).
+STORE_STATE_LUA = STORE_STATE_FUNCTION + "return store_state(KEYS[1], ARGV[1], ARGV[2])\n"
 
 
 def text(value: str | bytes) -> str:
