@@ -180,6 +180,9 @@ def test_each_scaler_reads_the_true_depth_of_its_group_every_queue_and_every_pri
     for priority in (0, 5, 9):
         mq.enqueue("indexing_tasks", {"action": "probe", "tag": tag, "fail": "permanent"}, priority=priority)
     wait_until(lambda: true_depth(redis_client, "dead_letter") == 3, timeout=30, what="3 dead letters queued")
+    # A probe's dead letter is queued before its own message is acknowledged: stopping the worker in
+    # between would put that message back on indexing_tasks.
+    wait_until(lambda: redis_client.hlen("unacked") == 0, timeout=30, what="the probes to be acknowledged")
     worker.stop()
 
     # Every work queue, at the default priority and at each of 0..9, a different number of each.
