@@ -65,8 +65,6 @@ class SentEventBuffer(EventDispatcher):  # type: ignore[misc]  # Celery ships no
         """Keep the event (made as Celery makes it); the thread sends it within ``delay`` seconds."""
         event = self._prepare_event(type, fields, blind=blind, Event=Event)
         with self._kept_lock:
-            if self._owner != os.getpid():  # a forked child: the parent's events and thread are not ours
-                self._owner, self._kept, self._thread = os.getpid(), [], None
             self._kept.append(event)
             if self._thread is None or not self._thread.is_alive():
                 self._closing = False
@@ -113,8 +111,24 @@ class SentEventBuffer(EventDispatcher):  # type: ignore[misc]  # Celery ships no
         _open.discard(self)
         super().close()
 
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's events, thread and locks are not this process's (a lock the
+        parent's thread held at the fork would never be released here)."""
+        self._kept_lock = threading.Lock()
+        self._due = threading.Event()
+        self._kept, self._thread, self._closing = [], None, False
+        self._owner = self.pid = os.getpid()
+
 
 _open: weakref.WeakSet[SentEventBuffer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for buffer in list(_open):
+        buffer._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import multiprocessing
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -251,4 +254,34 @@ def test_close_and_exit_send_the_sent_events_still_kept(
                           cwd=REPO_ROOT, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert [e["uuid"] for e in _events(events, timeout=5)] == [done.stdout.strip()]
+    events.close()
+
+
+def _send_from_forked_child(mq: MessageQueue, result: Any) -> None:
+    message_id = mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])
+    mq.app.amqp._event_dispatcher.send_kept()
+    result.put((message_id, os.getpid()))
+
+
+def test_a_forked_child_sends_its_own_sent_events(mq: MessageQueue, redis_client: redis.Redis) -> None:
+    # A prefork pool process inherits its parent's producer: its events carry its own pid, and neither
+    # process blocks on a lock or a thread the other holds.
+    events = redis_client.pubsub()
+    events.psubscribe("*celeryev*")
+    assert events.get_message(timeout=2) is not None
+    parent_id = mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])  # the parent's thread is running
+    assert [e["uuid"] for e in _events(events)] == [parent_id]
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    child = context.Process(target=_send_from_forked_child, args=(mq, result))
+    child.start()
+    child_id, child_pid = result.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0
+    (event,) = _events(events)
+    assert (event["uuid"], event["pid"]) == (child_id, child_pid)
+    assert child_pid != os.getpid()
+    again = mq.enqueue("indexing_tasks", GOOD["indexing_tasks"])
+    (event,) = _events(events)
+    assert (event["uuid"], event["pid"]) == (again, os.getpid())
     events.close()
