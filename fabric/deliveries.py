@@ -9,6 +9,7 @@ from typing import cast
 import redis
 
 from fabric import keys
+from fabric.redis_clients import LuaScript
 from fabric.result_backend import STORE_STATE_FUNCTION
 
 #: Count one delivery (HINCRBY and EXPIRE of the message's counts) and, when ARGV[3] is not empty, store
@@ -23,6 +24,7 @@ if ARGV[3] ~= '' then store_state(KEYS[2], ARGV[3], ARGV[4]) end
 return count
 """
 )
+_count_and_start = LuaScript(COUNT_AND_START_LUA)
 
 
 def deliveries_key(message_id: str) -> str:
@@ -46,8 +48,8 @@ def count_delivery_and_start(
 ) -> int:  # fmt: skip
     """:func:`count_delivery` and the task's STARTED state (``started_meta`` at ``result_key``, kept
     ``result_ttl`` seconds) in one round trip: what the worker does before every task body runs."""
-    script = client.register_script(COUNT_AND_START_LUA)
-    count = script(
+    count = _count_and_start(
+        client,
         keys=[deliveries_key(message_id), result_key],
         args=[str(attempt), ttl_seconds, started_meta, result_ttl],
     )

@@ -40,7 +40,7 @@ from fabric.errors import BackendUnavailable, InvalidInput, NotFound
 from fabric.redis_clients import get_redis
 from fabric.registry import PerProcess
 from fabric.result_backend import ProducerRedisBackend, backend_url
-from fabric.sent_events import ProducerAMQP
+from fabric.sent_events import ProducerAMQP, buffer_of
 from fabric.statuses import item_id, item_status, split_item_id
 
 #: States :meth:`MessageQueue.get_status` reports beyond Celery's own.
@@ -435,7 +435,7 @@ class MessageQueue:
     def close(self) -> None:
         """Send the task-sent events still kept, and close the broker and result-backend connections this
         instance opened."""
-        sent_events = self.app.amqp.__dict__.get("_event_dispatcher")  # None unless a message was sent
+        sent_events = buffer_of(self.app)
         if sent_events is not None:
             sent_events.close()
         self.app.close()

@@ -4,7 +4,11 @@ and never shared with a forked child, which builds its own."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis
+from redis.commands.core import Script
 
 from config import get_settings
 from fabric.registry import PerProcess
@@ -25,3 +29,19 @@ def get_redis(url: str | None = None) -> redis.Redis:
 def reset_redis() -> None:
     """Close and forget this process's clients (tests that restart Redis or change ``REDIS_URL``)."""
     _clients.reset()
+
+
+class LuaScript:
+    """A Lua script whose SHA is computed once per process, run on whichever client (or pipeline) is
+    passed: EVALSHA, loading the script first on a server that lacks it. ``client.register_script`` on
+    every call would hash and encode the script again each time, on paths run once per task."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._script: Script | None = None
+
+    def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        script = self._script
+        if script is None:
+            script = self._script = client.register_script(self.source)
+        return script(keys=list(keys), args=list(args), client=client)

@@ -27,6 +27,8 @@ from celery.app.task import Context
 from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend
 
+from fabric.redis_clients import LuaScript
+
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -61,6 +63,7 @@ end
 
 #: Store one state (KEYS[1]: the task's key; ARGV: the encoded meta, its TTL).
 STORE_STATE_LUA = STORE_STATE_FUNCTION + "return store_state(KEYS[1], ARGV[1], ARGV[2])\n"
+_store_state_script = LuaScript(STORE_STATE_LUA)
 
 
 def text(value: str | bytes) -> str:
@@ -120,7 +123,7 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         return result
 
     def _store_state(self, key: Any, value: Any, ttl: int) -> Any:
-        return self.client.register_script(STORE_STATE_LUA)(keys=[key], args=[value, ttl])
+        return _store_state_script(self.client, keys=[key], args=[value, ttl])
 
 
 class ProducerRedisBackend(RedisResultBackend):

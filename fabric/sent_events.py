@@ -132,10 +132,18 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
-def _send_at_exit() -> None:
+def send_all_kept() -> None:
+    """Send the events every buffer of this process keeps (at interpreter exit, and when a worker process
+    stops: a pool process ends without running ``atexit``)."""
     for buffer in list(_open):
         if buffer._owner == os.getpid():
             buffer.send_kept()
+
+
+def buffer_of(app: Any) -> SentEventBuffer | None:
+    """The app's sent-event buffer, if it was built (a message was sent), else None (builds nothing)."""
+    dispatcher = app.amqp.__dict__.get("_event_dispatcher")
+    return dispatcher if isinstance(dispatcher, SentEventBuffer) else None
 
 
 class ProducerAMQP(AMQP):  # type: ignore[misc]  # Celery ships no type hints

@@ -74,7 +74,7 @@ from config import QUEUES, get_settings
 from config.settings import Settings
 from fabric import keys
 from fabric.errors import AppError, BackendUnavailable
-from fabric.redis_clients import get_redis
+from fabric.redis_clients import LuaScript, get_redis
 from fabric.registry import PerProcess
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ for i = 6, #KEYS do
 end
 return 1
 """
+_count_execution = LuaScript(_COUNT_EXECUTION)
 
 _warned_at = 0.0
 _warn_lock = threading.Lock()
@@ -312,7 +313,7 @@ def record_execution(
         args += [member, _bucket_field(seconds), max(seconds, 0.0)]
     try:
         target = client or get_redis()
-        return bool(target.register_script(_COUNT_EXECUTION)(keys=keys, args=args))
+        return bool(_count_execution(target, keys=keys, args=args))
     except redis.RedisError as exc:
         _redis_failed(f"execution {execution_id} of {workflow_id}", exc)
         return False

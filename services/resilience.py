@@ -60,7 +60,7 @@ from tenacity import (
 from config import get_settings
 from fabric import keys
 from fabric.errors import BackendUnavailable, TransientError
-from fabric.redis_clients import get_redis
+from fabric.redis_clients import LuaScript, get_redis
 from fabric.registry import PerProcess
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[3]) then
 end
 return 0
 """
+_SCRIPTS = {_ACQUIRE: LuaScript(_ACQUIRE), _FAILURE: LuaScript(_FAILURE)}
 
 
 @dataclass(frozen=True)
@@ -392,7 +393,7 @@ class CircuitBreaker:
             self._local.probing = False
 
     def _script(self, client: redis.Redis, script: str, args: list[Any]) -> Any:
-        result = client.register_script(script)(keys=self.keys, args=args)
+        result = _SCRIPTS[script](client, keys=self.keys, args=args)
         if script is _ACQUIRE:
             return int(result[0]), int(result[1])
         return int(result)

@@ -14,8 +14,9 @@ execution id), so a redelivered execution that sends them again changes nothing.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from celery import group
@@ -72,15 +73,19 @@ class CancelCheck:
     a run of fast steps costs one round trip, not one per step, and a cancellation is seen before the
     first step that starts a quarter of a second or more after it."""
 
-    def __init__(self, client: Redis, execution_id: str, interval: float = CANCEL_CHECK_INTERVAL) -> None:
+    def __init__(
+        self, client: Redis, execution_id: str, interval: float = CANCEL_CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self.client = client
         self.key = cancel_key(execution_id)
         self.interval = interval
+        self.clock = clock
         self.asked = 0
-        self._next = 0.0
+        self._next = -math.inf
 
     def __call__(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next:
             return False
         self._next = now + self.interval

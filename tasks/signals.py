@@ -20,8 +20,8 @@ from typing import Any
 from celery import signals
 
 from config import get_settings
+from fabric import sent_events
 from fabric.dead_letters import DEAD_LETTER_TASK
-from fabric.sent_events import SentEventBuffer
 from services import logging as structured
 from services import metrics
 
@@ -115,11 +115,7 @@ def _json_task_logger(logger: logging.Logger, **_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 @signals.worker_shutdown.connect
-def _flush_metrics(sender: Any = None, **_: Any) -> None:
+def _send_what_is_kept(**_: Any) -> None:
     metrics.flush_task_counts()
     # The task-sent events of what this process sent (follow-ups, retries) and has not sent yet.
-    from tasks.app import app
-
-    sent_events = app.amqp.__dict__.get("_event_dispatcher")
-    if isinstance(sent_events, SentEventBuffer):
-        sent_events.send_kept()
+    sent_events.send_all_kept()
