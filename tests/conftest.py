@@ -91,6 +91,18 @@ def _fresh_settings_and_clients() -> Iterator[None]:
 
 
 @pytest.fixture
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data directory of the test's own, for a test that asserts what the whole store holds or which
+    workflow is nearest: list it before ``fleet`` so its workers start on it. The session's store holds other
+    tests' copies of the samples, under other ids with the very same text, and "the nearest workflow is this
+    one" is then a tie of equal scores that either copy may win."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("DATA_DIR", str(data_dir))
+    reset_process_clients()
+    return data_dir
+
+
+@pytest.fixture
 def mq(redis_client: redis.Redis) -> Iterator[MessageQueue]:
     """The process's producer, built afresh on an emptied Redis."""
     from fabric.producer import get_message_queue

@@ -4,6 +4,7 @@ recommendations, statistics, logs); a permanently failing message dead-lettered 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +30,9 @@ def _poll(client: httpx.Client, path: str, done: Any, timeout: float = 60, **par
     return seen["body"]
 
 
-def test_workflow_registered_executed_and_found(api: httpx.Client, fleet: list[WorkerProcess]) -> None:
+def test_workflow_registered_executed_and_found(
+    own_data_dir: Path, api: httpx.Client, fleet: list[WorkerProcess]
+) -> None:
     samples = load_samples()
     for workflow in samples:
         response = api.post("/workflows", json=workflow.model_dump(mode="json"))

@@ -36,7 +36,7 @@ def pipelines(mq: MessageQueue) -> Pipelines:
 
 
 def test_registered_workflows_are_found_by_text_and_by_similarity(
-    pipelines: Pipelines, fleet: list[WorkerProcess]
+    own_data_dir: Path, pipelines: Pipelines, fleet: list[WorkerProcess]
 ) -> None:
     samples = load_samples()
     assert len(samples) >= 5
