@@ -14,6 +14,9 @@ overwrite it) and then a pipelined SET and PUBLISH: two round trips for every st
 :data:`STORE_STATE_LUA` does the same check, the SET (with the same expiry) and the PUBLISH in one script,
 so a state costs one round trip and the check and the write are atomic.
 
+A first delivery that ends within :data:`fabric.starts.START_GRACE` seconds has its delivery counted by the
+same script that stores its final state (:data:`STORE_STATE_AND_COUNT_LUA`, see :mod:`fabric.starts`).
+
 :class:`ProducerRedisBackend` (producers) does not subscribe to results it will never wait for. Other
 result backends (``RESULT_BACKEND`` not Redis) are Celery's own, unchanged.
 """
@@ -28,6 +31,7 @@ from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend
 
 from fabric.redis_clients import LuaScript
+from fabric.starts import DeliveryCount, pending_starts
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -64,6 +68,22 @@ end
 #: Store one state (KEYS[1]: the task's key; ARGV: the encoded meta, its TTL).
 STORE_STATE_LUA = STORE_STATE_FUNCTION + "return store_state(KEYS[1], ARGV[1], ARGV[2])\n"
 _store_state_script = LuaScript(STORE_STATE_LUA)
+
+#: Count one delivery (KEYS[2], ARGV[3]: the message's delivery counts and the attempt; ARGV[4]: their TTL)
+#: and store a state (KEYS[1], ARGV[1], ARGV[2]) in one script.
+STORE_STATE_AND_COUNT_LUA = (
+    STORE_STATE_FUNCTION
+    + """
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return store_state(KEYS[1], ARGV[1], ARGV[2])
+"""
+)
+_store_state_and_count_script = LuaScript(STORE_STATE_AND_COUNT_LUA)
+
+#: Count one delivery alone (a task that ended without storing a state).
+COUNT_LUA = "redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\nredis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+_count_script = LuaScript(COUNT_LUA)
 
 
 def text(value: str | bytes) -> str:
@@ -113,17 +133,37 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
         **kwargs: Any,
     ) -> Any:  # fmt: skip
+        count = pending_starts.finish(text(task_id))  # first, so that no STARTED is written after this
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = text(task_id)
         value = self.encode(meta)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            if count is not None:
+                self.ensure(self._count, (count,))
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        self.ensure(self._store_state, (self.get_key_for_task(task_id), value, expiry_seconds(expires)))
+        self.ensure(
+            self._store_state, (self.get_key_for_task(task_id), value, expiry_seconds(expires), count)
+        )
         return result
 
-    def _store_state(self, key: Any, value: Any, ttl: int) -> Any:
-        return _store_state_script(self.client, keys=[key], args=[value, ttl])
+    def _store_state(self, key: Any, value: Any, ttl: int, count: DeliveryCount | None = None) -> Any:
+        if count is None:
+            return _store_state_script(self.client, keys=[key], args=[value, ttl])
+        return _store_state_and_count_script(
+            self.client, keys=[key, count.key], args=[value, ttl, count.attempt, count.ttl]
+        )
+
+    def process_cleanup(self) -> None:
+        # After every task: a first delivery that stored no state (Ignore, Reject, ignore_result) is counted
+        # now, and its STARTED state is never written.
+        count = pending_starts.finish_current()
+        if count is not None:
+            self.ensure(self._count, (count,))
+        super().process_cleanup()
+
+    def _count(self, count: DeliveryCount) -> Any:
+        return _count_script(self.client, keys=[count.key], args=[count.attempt, count.ttl])
 
 
 class ProducerRedisBackend(RedisResultBackend):

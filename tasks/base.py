@@ -3,10 +3,11 @@
 Cross-cutting behaviour lives here once; task bodies stay thin (validate, call workflows/services, return
 JSON).
 
-- Each delivery of each attempt is counted in Redis before the body runs, in the same round trip as the
-  task's STARTED state (which Celery's ``task_track_started`` would store with two more). Past
-  ``MAX_DELIVERIES`` (the worker process died every time: a poison message) the message is dead-lettered
-  instead of run again.
+- Each delivery of each attempt is counted in Redis, in the same round trip as the task's STARTED state
+  (which Celery's ``task_track_started`` would store with two more): a redelivery before its body runs, a
+  first delivery with its final state or once it has run ``START_GRACE`` seconds (:mod:`fabric.starts`).
+  Past ``MAX_DELIVERIES`` (the worker process died every time: a poison message) the message is
+  dead-lettered instead of run again.
 - :class:`~fabric.errors.TransientError` is retried with exponential backoff and jitter, up to
   ``MAX_RETRIES``; any other exception fails at once.
 - Every final failure (permanent error, retries exhausted, unexpected error) is dead-lettered with the
@@ -30,6 +31,7 @@ from fabric.dead_letters import DeadLetter, Reason, publish
 from fabric.errors import PermanentError, TransientError
 from fabric.redis_clients import get_redis
 from fabric.result_backend import RedisResultBackend, expiry_seconds, text
+from fabric.starts import pending_starts, redelivered
 from services.resilience import CircuitOpen
 
 logger = get_task_logger(__name__)
@@ -78,24 +80,51 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         return self.run(*args, **kwargs)
 
     def _count_delivery_and_start(self, request: Any, ttl_seconds: int) -> int:
-        """Count this delivery and store the STARTED state Flower and ``get_status`` show; one round trip
-        when the result backend is our Redis backend on ``REDIS_URL`` (the default), else two."""
+        """Count this delivery and store the STARTED state Flower and ``get_status`` show. Returns the
+        delivery count.
+
+        A first delivery on our Redis result backend (the default) begins a deferred start
+        (:mod:`fabric.starts`): nothing is written before its body runs, and its count is written with its
+        final state, or with its STARTED state once it has run :data:`~fabric.starts.START_GRACE` seconds.
+        A redelivery is counted (at least as the second delivery) before its body runs, with its STARTED
+        state in the same script; on another result backend, the state is a second round trip."""
         settings = get_settings()
         backend = self.backend
-        started = {"pid": os.getpid(), "hostname": request.hostname}
-        if (
+        again = redelivered(request)
+        if not (
             isinstance(backend, RedisResultBackend)
             and settings.effective_result_backend == settings.redis_url
         ):
+            delivered = deliveries.count_delivery(
+                get_redis(), request.id, request.retries, ttl_seconds, minimum=2 if again else 1
+            )
+            backend.store_result(request.id, self._started(request), states.STARTED, request=request)
+            return delivered
+
+        def write(minimum: int = 1) -> int:
             return deliveries.count_delivery_and_start(
                 get_redis(), request.id, request.retries, ttl_seconds,
                 result_key=text(backend.get_key_for_task(request.id)),
-                started_meta=backend.meta_for(request.id, started, states.STARTED, request=request),
-                result_ttl=expiry_seconds(backend.expires),
+                started_meta=backend.meta_for(request.id, self._started(request), states.STARTED, request),
+                result_ttl=expiry_seconds(backend.expires), minimum=minimum,
             )  # fmt: skip
-        delivered = deliveries.count_delivery(get_redis(), request.id, request.retries, ttl_seconds)
-        backend.store_result(request.id, started, states.STARTED, request=request)
-        return delivered
+
+        if again or request.is_eager:
+            return write(minimum=2 if again else 1)
+        pending_starts.begin(
+            request.id, deliveries.delivery_count(request.id, request.retries, ttl_seconds), write
+        )
+        return 1
+
+    def delivery_attempts(self) -> int:
+        """Every delivery of every attempt of the running message so far, this one included (a body that
+        reports them, as the envelope consumer does). Writes this delivery's deferred start first."""
+        pending_starts.write_now(self.request.id)
+        return deliveries.attempts(get_redis(), self.request.id)
+
+    @staticmethod
+    def _started(request: Any) -> dict[str, Any]:
+        return {"pid": os.getpid(), "hostname": request.hostname}
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if not self.dead_letter_on_failure:
@@ -137,7 +166,7 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         headers = request.headers if isinstance(request.headers, dict) else {}
         letter = DeadLetter.of(
             exc, reason, id=request.id, task=self.name, queue=queue, kwargs=kwargs or {},
-            priority=headers.get("wft_priority", 0), attempts=deliveries.attempts(get_redis(), request.id),
+            priority=headers.get("wft_priority", 0), attempts=self.delivery_attempts(),
             retries=request.retries, worker=request.hostname, eta=str(request.eta) if request.eta else None,
         )  # fmt: skip
         logger.error("dead-lettering %s from %s (%s): %s", request.id, queue, reason, exc)

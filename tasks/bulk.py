@@ -21,7 +21,6 @@ from celery.utils.log import get_task_logger
 
 from config import get_settings
 from config.queues import Queue
-from fabric import deliveries
 from fabric.dead_letters import DeadLetter, publish
 from fabric.envelopes import unpack_items
 from fabric.errors import InvalidInput, PermanentError
@@ -57,7 +56,7 @@ def process_envelope(task: BaseTask, queue: str, items: Sequence[dict[str, Any]]
         refused = write_groups(writer, [docs for _, docs in parsed])
         failed.update((parsed[index][0], error) for index, error in refused.items())
     now = time.time()
-    attempts = deliveries.attempts(get_redis(), envelope)  # deliveries of the envelope that carried them
+    attempts = task.delivery_attempts()  # deliveries of the envelope that carried them
     errors = {p: {"type": type(problem).__name__, "message": str(problem)} for p, problem in failed.items()}
     for position, problem in failed.items():
         item = items[position]

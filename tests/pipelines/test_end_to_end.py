@@ -211,6 +211,9 @@ def test_whole_worker_killed_mid_step_another_finishes_the_execution_within_work
         return record is not None and record.status is ExecutionStatus.RUNNING
 
     wait_until(running, timeout=30, what="the execution to start")
+    # STARTED (with the worker's name) is stored once the task has run START_GRACE seconds.
+    wait_until(lambda: mq.app.backend.get_task_meta(execution_id).get("worker"), timeout=30,
+               what="the STARTED state naming the worker")  # fmt: skip
     holder = mq.app.backend.get_task_meta(execution_id)["worker"]
     executor = fast_recovering_fleet[0]
     doomed, survivor = (executor, standby) if holder == executor.nodename else (standby, executor)

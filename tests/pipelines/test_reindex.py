@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fabric.producer import MessageQueue
@@ -19,7 +21,7 @@ class Interrupted(Exception):
 
 
 def test_reindex_rebuilds_indexes_and_resumes_after_an_interruption(
-    mq: MessageQueue, fleet: list[WorkerProcess], redis_client
+    own_data_dir: Path, mq: MessageQueue, fleet: list[WorkerProcess], redis_client
 ) -> None:
     reset_search_service()
     reset_vector_service()
@@ -41,7 +43,7 @@ def test_reindex_rebuilds_indexes_and_resumes_after_an_interruption(
 
     wait_until(lambda: set(ids) <= indexed_executions(), timeout=60, what="executions indexed")
 
-    # The derived indexes are lost (the session's store may hold other tests' items too).
+    # The derived indexes are lost.
     for workflow_id in repo.list_workflow_ids():
         search.delete_workflow(workflow_id)
     for execution_id in repo.list_execution_ids():
