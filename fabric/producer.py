@@ -39,7 +39,6 @@ from fabric.envelopes import pack_items
 from fabric.errors import BackendUnavailable, InvalidInput, NotFound
 from fabric.redis_clients import get_redis
 from fabric.registry import PerProcess
-from fabric.result_backend import ProducerRedisBackend, backend_url
 from fabric.sent_events import ProducerAMQP, buffer_of
 from fabric.statuses import item_id, item_status, split_item_id
 
@@ -68,9 +67,7 @@ def make_producer_app(settings: Settings | None = None) -> Celery:
     # Its task-sent events go in batches a tenth of a second apart (fabric.sent_events).
     app = Celery("wft-producer", set_as_current=False, amqp=ProducerAMQP)
     settings = settings or get_settings()
-    conf = celery_config.build(settings)
-    conf["result_backend"] = backend_url(settings.effective_result_backend, ProducerRedisBackend)
-    app.conf.update(conf)
+    app.conf.update(celery_config.build(settings))
     return app
 
 

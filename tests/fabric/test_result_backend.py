@@ -79,6 +79,19 @@ def test_a_waiting_async_result_wakes_up(redis_client: redis.Redis) -> None:
     app.close()
 
 
+def test_sending_a_task_subscribes_to_nothing(redis_client: redis.Redis) -> None:
+    # Workers send follow-ups and producers send messages; neither waits on their results, so neither
+    # holds a result subscription (Celery's own backend subscribes for every task sent).
+    app = _app()
+    result = app.send_task("testing.nobody-runs-this", queue="analytics_tasks")
+    assert redis_client.pubsub_channels("celery-task-meta-*") == []
+    timer = threading.Timer(0.3, lambda: app.backend.store_result(result.id, "late", states.SUCCESS))
+    timer.start()
+    assert result.get(timeout=10) == "late"  # one that does wait subscribes then
+    timer.join()
+    app.close()
+
+
 def test_failures_are_stored_with_their_exception(redis_client: redis.Redis) -> None:
     app = _app()
     app.backend.mark_as_failure("t-5", ValueError("bad field 'x'"))
