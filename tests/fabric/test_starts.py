@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery, states
+from celery import states
 from celery.app.task import Context
 
-from config import get_settings
-from fabric import celery_config, deliveries, starts
+from fabric import deliveries, starts
 from fabric.producer import MessageQueue
 from fabric.result_backend import RedisResultBackend
 from fabric.starts import DeliveryCount, PendingStarts
 from tests.fabric.conftest import wait_for_state
+from tests.fabric.test_result_backend import _app
 from tests.support.fleet import StartWorker
 from tests.support.roundtrips import RoundTrips
 from tests.support.servers import wait_until
@@ -140,12 +140,6 @@ def test_redelivered_reads_the_header_and_the_delivery_info() -> None:
 
 
 # --- the result backend, against real Redis -------------------------------------------------------------
-
-
-def _app() -> Celery:
-    app = Celery("starts-test", set_as_current=False)
-    app.conf.update(celery_config.build(get_settings()))
-    return app
 
 
 def test_the_final_state_and_the_delivery_count_are_one_round_trip(
