@@ -41,6 +41,13 @@ class PoisonMessage(PermanentError):
     """The message was delivered too many times without finishing (its worker died each time)."""
 
 
+def delivery_attempts(message_id: str) -> int:
+    """Every delivery of every attempt of message ``message_id`` so far, a running one included (for a body
+    that reports them, as the envelope consumer does): writes its deferred start first."""
+    pending_starts.write_now(message_id)
+    return deliveries.attempts(get_redis(), message_id)
+
+
 class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
     """Shared behaviour of all our tasks. Set per task: ``name`` (``<queue>.<action>``) and the body."""
 
@@ -116,12 +123,6 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         )
         return 1
 
-    def delivery_attempts(self) -> int:
-        """Every delivery of every attempt of the running message so far, this one included (a body that
-        reports them, as the envelope consumer does). Writes this delivery's deferred start first."""
-        pending_starts.write_now(self.request.id)
-        return deliveries.attempts(get_redis(), self.request.id)
-
     @staticmethod
     def _started(request: Any) -> dict[str, Any]:
         return {"pid": os.getpid(), "hostname": request.hostname}
@@ -166,7 +167,7 @@ class BaseTask(Task):  # type: ignore[misc]  # Celery ships no type hints
         headers = request.headers if isinstance(request.headers, dict) else {}
         letter = DeadLetter.of(
             exc, reason, id=request.id, task=self.name, queue=queue, kwargs=kwargs or {},
-            priority=headers.get("wft_priority", 0), attempts=self.delivery_attempts(),
+            priority=headers.get("wft_priority", 0), attempts=delivery_attempts(request.id),
             retries=request.retries, worker=request.hostname, eta=str(request.eta) if request.eta else None,
         )  # fmt: skip
         logger.error("dead-lettering %s from %s (%s): %s", request.id, queue, reason, exc)

@@ -27,7 +27,7 @@ from fabric.errors import InvalidInput, PermanentError
 from fabric.redis_clients import get_redis
 from fabric.statuses import item_id, record_envelope
 from tasks.app import app
-from tasks.base import BaseTask
+from tasks.base import BaseTask, delivery_attempts
 from tasks.writers import WRITERS, write_groups
 
 logger = get_task_logger(__name__)
@@ -56,7 +56,7 @@ def process_envelope(task: BaseTask, queue: str, items: Sequence[dict[str, Any]]
         refused = write_groups(writer, [docs for _, docs in parsed])
         failed.update((parsed[index][0], error) for index, error in refused.items())
     now = time.time()
-    attempts = task.delivery_attempts()  # deliveries of the envelope that carried them
+    attempts = delivery_attempts(envelope)  # deliveries of the envelope that carried them
     errors = {p: {"type": type(problem).__name__, "message": str(problem)} for p, problem in failed.items()}
     for position, problem in failed.items():
         item = items[position]
