@@ -18,6 +18,7 @@ from kombu.entity import Queue as KombuQueue
 from config import QUEUES, Settings
 from fabric import keys
 from fabric.result_backend import RedisResultBackend, backend_url
+from fabric.transport import TRANSPORT
 
 #: Broker-side priorities, 0-9 on every broker. Producers speak "higher runs first" and map to these.
 PRIORITY_LEVELS = 10
@@ -70,6 +71,8 @@ def build(settings: Settings) -> dict[str, Any]:
     )
     return {
         "broker_url": broker_url,
+        # kombu's Redis transport, one client per channel instead of per operation (fabric.transport).
+        "broker_transport": TRANSPORT if urlparse(broker_url).scheme == "redis" else None,
         # Celery's Redis backend, minus the arguments of bulk envelopes (see fabric.result_backend).
         "result_backend": backend_url(settings.effective_result_backend, RedisResultBackend),
         "broker_connection_retry_on_startup": True,
