@@ -107,7 +107,7 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
     subscribing to no result it is not asked to wait for."""
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
-        # Measured: a tenth of the time an execution's pool process spends sending its three follow-ups.
+        # A SUBSCRIBE now and an UNSUBSCRIBE later for every follow-up, retry and dead letter a worker sends.
         return None
 
     def on_result_fulfilled(self, result: Any) -> None:
