@@ -115,6 +115,17 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         # connection just to do it when an AsyncResult is garbage-collected).
         return None
 
+    def add_pending_result(self, result: Any, weak: bool = False, start_drainer: bool = True) -> Any:
+        # A group registers every member it sends, weakly, for the group's ready promise: a subscription
+        # to each member's channel. In a process that never waits on the group (a worker sending an
+        # execution's follow-ups, a producer) nothing reads or removes those subscriptions: measured, a
+        # pool process held one per follow-up it had sent (900 after 600 executions), each SUCCESS then
+        # published to it, until Redis dropped the connection at its pub/sub output limit. Waiting
+        # (``get()``, ``GroupResult.get()``) registers strongly and subscribes as before.
+        if weak:
+            return None
+        return super().add_pending_result(result, weak=weak, start_drainer=start_drainer)
+
     def store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None,
         **kwargs: Any,

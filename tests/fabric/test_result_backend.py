@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery, states
+from celery import Celery, group, states
 from celery.app.task import Context
 
 from config import get_settings
@@ -84,6 +84,9 @@ def test_sending_a_task_subscribes_to_nothing(redis_client: redis.Redis) -> None
     # holds a result subscription (Celery's own backend subscribes for every task sent).
     app = _app()
     result = app.send_task("testing.nobody-runs-this", queue="analytics_tasks")
+    members = group(app.signature("testing.nobody-runs-this", queue="analytics_tasks") for _ in range(3))
+    sent = members.apply_async()  # as a worker sends an execution's follow-ups
+    assert len(sent.results) == 3
     assert redis_client.pubsub_channels("celery-task-meta-*") == []
     timer = threading.Timer(0.3, lambda: app.backend.store_result(result.id, "late", states.SUCCESS))
     timer.start()

@@ -15,6 +15,7 @@ import pytest
 
 from fabric.errors import InvalidInput
 from fabric.producer import MessageQueue
+from fabric.redis_clients import get_redis
 from services.analytics import get_workflow_stats
 from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service
@@ -123,6 +124,10 @@ def test_fifty_executions_are_recorded_indexed_and_counted(
         assert stats["success_rate"] == pytest.approx((len(ids) - len(failed)) / len(ids))
         assert stats["duration_ms"]["p50"] is not None
         assert stats["duration_ms"]["p95"] >= stats["duration_ms"]["p50"]
+
+    # No process keeps a result subscription per message it sent (150 follow-ups were sent here).
+    subscribed = {c["id"]: int(c.get("sub", 0)) for c in get_redis().client_list()}
+    assert max(subscribed.values()) <= 5, subscribed
 
     # logs are found by text
     some_failed = next(i for i, e in expected.items() if e == "failed")
