@@ -123,7 +123,7 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         # published to it, until Redis dropped the connection at its pub/sub output limit. Waiting
         # (``get()``, ``GroupResult.get()``) registers strongly and subscribes as before.
         if weak:
-            return None
+            return result
         return super().add_pending_result(result, weak=weak, start_drainer=start_drainer)
 
     def store_result(
