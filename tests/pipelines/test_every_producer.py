@@ -7,6 +7,7 @@ executions every way there is and count, from the fleet's own task counters, how
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service
 from tasks.execution import EXECUTION_FOLLOW_UP
 from tests.fabric.conftest import wait_for_state
+from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 from workflows.pipelines import Pipelines
@@ -204,3 +206,28 @@ def test_a_dead_lettered_execution_from_a_plain_celery_app_replays_through_the_w
     # The execution keeps the id of its first message through the replay.
     assert_whole_pipeline_once(workflow_id, [message_id], redis_client)
     assert mq.list_dead_letters() == []
+
+
+def test_follow_ups_carry_the_whole_record_and_show_a_summary(
+    pipelines: Pipelines, mq: MessageQueue, start_worker: StartWorker, redis_client: redis.Redis
+) -> None:
+    # Only an execution worker: the follow-ups it sends stay on their queues, to be read as they were sent.
+    workflow_id = register(pipelines)
+    start_worker(["workflow_execution"])
+    execution_id = pipelines.request_execution(workflow_id, {"name": "Ada"})
+    wait_for_state(mq, execution_id, {"SUCCESS"}, timeout=60)
+    follow_ups = [
+        json.loads(raw)
+        for key in redis_client.scan_iter("*_tasks*")
+        for raw in redis_client.lrange(key, 0, -1)
+        if json.loads(raw)["headers"]["task"] in EXECUTION_FOLLOW_UP
+    ]
+    assert sorted(m["headers"]["task"] for m in follow_ups) == sorted(EXECUTION_FOLLOW_UP)
+    for message in follow_ups:
+        # Flower's "args" for the follow-up: which execution, not a repr of the whole record ...
+        assert message["headers"]["argsrepr"] == f"(<execution {execution_id} of {workflow_id}: completed>,)"
+        assert message["headers"]["kwargsrepr"] == "{}"
+        # ... while the task gets the whole record.
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        assert args[0]["execution_id"] == execution_id and args[0]["status"] == "completed"
+        assert args[0]["steps"] and kwargs == {}
