@@ -48,11 +48,11 @@ class Writes:
 
 
 def test_a_start_finished_within_the_grace_period_is_never_written() -> None:
-    registry = PendingStarts(grace=0.05)
+    registry = PendingStarts(grace=0.5)
     write = Writes()
     registry.begin("a", COUNT, write)
     assert registry.finish("a") == COUNT  # the caller counts the delivery with the final state
-    time.sleep(0.2)  # four grace periods: the thread has looked several times
+    time.sleep(1.0)  # two grace periods: the thread has looked after the start was due
     assert write.calls == 0
     assert registry.pending() == 0
     assert registry.finish("a") is None  # finishing twice counts nothing twice
@@ -145,6 +145,7 @@ def test_redelivered_reads_the_header_and_the_delivery_info() -> None:
 def test_the_final_state_and_the_delivery_count_are_one_round_trip(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(starts.pending_starts, "grace", 30.0)  # no STARTED write races the test
     app = _app()
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
@@ -163,8 +164,9 @@ def test_the_final_state_and_the_delivery_count_are_one_round_trip(
 
 
 def test_a_task_that_stored_no_state_is_counted_when_its_process_cleans_up(
-    redis_client: redis.Redis,
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(starts.pending_starts, "grace", 30.0)
     app = _app()
     backend = app.backend
     starts.pending_starts.begin("t-2", deliveries.delivery_count("t-2", 1, 60), Writes())
@@ -188,16 +190,16 @@ def test_a_redelivery_counts_as_at_least_the_second_delivery(redis_client: redis
 # --- a real worker ----------------------------------------------------------------------------------------
 
 
-def _published_states(pubsub: Any, message_id: str, until: str, timeout: float = 30) -> list[str]:
-    """The states published on ``message_id``'s result channel, up to ``until``."""
-    seen: list[str] = []
+def _published_states(pubsub: Any, message_ids: list[str], timeout: float = 30) -> dict[str, list[str]]:
+    """The states published on each message's result channel, in order, until each has its SUCCESS."""
+    seen: dict[str, list[str]] = {message_id: [] for message_id in message_ids}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and until not in seen:
+    while time.monotonic() < deadline and not all("SUCCESS" in got for got in seen.values()):
         message = pubsub.get_message(timeout=0.5)
         if message and message["type"] == "pmessage":
             meta = json.loads(message["data"])
-            if meta.get("task_id") == message_id:
-                seen.append(meta["status"])
+            if meta.get("task_id") in seen:
+                seen[meta["task_id"]].append(meta["status"])
     return seen
 
 
@@ -208,14 +210,18 @@ def test_a_short_task_goes_straight_to_its_final_state_and_a_long_one_shows_star
     pubsub = redis_client.pubsub()
     pubsub.psubscribe("celery-task-meta-*")
     try:
-        short = mq.enqueue("analytics_tasks", {"action": "probe", "tag": "short"})
-        assert _published_states(pubsub, short, "SUCCESS") == ["SUCCESS"]
-        assert mq.get_status(short)["attempts"] == 1
+        # A probe takes a few milliseconds; a busy machine may still hold one past the grace period, so
+        # of five, each either goes straight to SUCCESS or shows STARTED first, and most go straight.
+        shorts = [mq.enqueue("analytics_tasks", {"action": "probe", "tag": f"short-{i}"}) for i in range(5)]
+        published = list(_published_states(pubsub, shorts).values())
+        assert all(seen in (["SUCCESS"], ["STARTED", "SUCCESS"]) for seen in published), published
+        assert published.count(["SUCCESS"]) >= 3, published
+        assert [mq.get_status(short)["attempts"] for short in shorts] == [1] * 5
 
         long = mq.enqueue("analytics_tasks", {"action": "probe", "tag": "long", "sleep": 1.0})
         status = wait_for_state(mq, long, {"STARTED"}, timeout=30)  # seen while it runs
         assert status["attempts"] == 1
-        assert _published_states(pubsub, long, "SUCCESS") == ["STARTED", "SUCCESS"]
+        assert _published_states(pubsub, [long]) == {long: ["STARTED", "SUCCESS"]}
         assert mq.get_status(long)["attempts"] == 1
     finally:
         pubsub.close()
