@@ -98,11 +98,15 @@ def test_workflow_registered_executed_and_found(
     stats = _poll(api, f"/workflows/{target.id}/stats", lambda b: b["runs"] == 1)
     assert stats["by_status"]["completed"] == 1
 
-    # the fleet's metrics are served by the API (read scope) and count this run's tasks
-    metrics = api.get("/metrics")
-    assert metrics.status_code == 200
-    assert 'wft_queue_depth{queue="workflow_execution"}' in metrics.text
-    assert 'outcome="success"' in metrics.text
+    # the fleet's metrics are served by the API (read scope) and count this run's tasks (each worker
+    # process writes its task tally every METRICS_FLUSH_INTERVAL, 0.5 s)
+    def counted() -> bool:
+        metrics = api.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'wft_queue_depth{queue="workflow_execution"}' in metrics.text
+        return 'outcome="success"' in metrics.text
+
+    wait_until(counted, timeout=10, interval=0.2, what="the run's tasks in /metrics")
     assert httpx.get(f"{api.base_url}".rstrip("/") + "/metrics").status_code == 401
 
     # a finished execution cannot be cancelled; an unknown one is not found
