@@ -69,8 +69,6 @@ from weaviate.proto.v1 import (
     weaviate_pb2_grpc,
 )
 
-from tests.support.servers import free_port
-
 #: Weaviate's class-name rule (a GraphQL type name starting with a capital letter).
 CLASS_NAME_RE = re.compile(r"^[A-Z][_0-9A-Za-z]{0,254}$")
 PROPERTY_NAME_RE = re.compile(r"^[_A-Za-z][_0-9A-Za-z]{0,230}$")
@@ -192,11 +190,11 @@ class WeaviateStandIn:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> WeaviateStandIn:
-        """Listen on two free ports (or the ones of a previous start, after ``stop``)."""
-        self.http_port = self.http_port or free_port()
-        self.grpc_port = self.grpc_port or free_port()
+        """Listen on two ports the system picks (or the ones of a previous start, after ``stop``): bound
+        at once, so no other process can take them between choosing and listening."""
         handler = type("Handler", (_RestHandler,), {"stand_in": self})
         self._http = ThreadingHTTPServer(("127.0.0.1", self.http_port), handler)
+        self.http_port = self._http.server_address[1]
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="weaviate-rest", daemon=True).start()
         options = [
@@ -214,8 +212,10 @@ class WeaviateStandIn:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": health}),)
         )
-        if server.add_insecure_port(f"127.0.0.1:{self.grpc_port}") == 0:
+        port = server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        if port == 0:
             raise RuntimeError(f"cannot listen for gRPC on 127.0.0.1:{self.grpc_port}")
+        self.grpc_port = port
         server.start()
         self._grpc = server
         return self
