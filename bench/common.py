@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.support.fleet import reset_process_clients
 from tests.support.servers import RedisServer
+from tests.support.workers import WorkerProcess
 
 
 @dataclass
@@ -50,3 +51,18 @@ def sandbox(prefix: str) -> Iterator[Sandbox]:
                     else:
                         os.environ[key] = value
                 reset_process_state()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu(worker: WorkerProcess) -> tuple[float, float]:
+    """CPU seconds so far of a worker's main process and of its pool processes together."""
+    assert worker.proc is not None
+    return cpu_seconds(worker.proc.pid), sum(cpu_seconds(pid) for pid in worker.child_pids())

@@ -23,14 +23,13 @@ its pool processes together, read from /proc while it drains: where the time goe
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import sandbox
+from bench.common import sandbox, worker_cpu
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
@@ -43,20 +42,6 @@ class Rates:
     #: pool processes together (the task, its state writes), read from /proc while it drained.
     main_ms: float = 0.0
     pool_ms: float = 0.0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _worker_cpu(worker: WorkerProcess) -> tuple[float, float]:
-    assert worker.proc is not None
-    return _cpu_seconds(worker.proc.pid), sum(_cpu_seconds(pid) for pid in worker.child_pids())
 
 
 KINDS = ("lean", "bare", "ours")
@@ -109,10 +94,10 @@ def _measure(kind: str, n: int, workdir: Path, redis_url: str) -> Rates:
         # CPU is read between the first task done and the last (the worker's start-up left out).
         wait_until(lambda: client.get(ft.FIRST) is not None, timeout=120, interval=0.05,
                    what=f"{kind}: the first task to finish")  # fmt: skip
-        done_before, (main_before, pool_before) = int(client.get(ft.DONE) or 0), _worker_cpu(worker)
+        done_before, (main_before, pool_before) = int(client.get(ft.DONE) or 0), worker_cpu(worker)
         wait_until(lambda: client.get(ft.LAST) is not None, timeout=max(60, n / 50), interval=0.05,
                    what=f"{kind}: {n} tasks to finish")  # fmt: skip
-        main_after, pool_after = _worker_cpu(worker)
+        main_after, pool_after = worker_cpu(worker)
     finally:
         worker.stop()
         close()

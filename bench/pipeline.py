@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import sandbox
+from bench.common import cpu_seconds, sandbox, worker_cpu
 from tests.support.servers import wait_until
 from tests.support.workers import WorkerProcess
 
@@ -70,6 +71,8 @@ class Rate:
     count: int
     seconds: float
     extra: str = ""
+    #: CPU milliseconds per pipeline of each part of the run, read from /proc over the measured interval.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -97,6 +100,21 @@ def _start(workers: list[WorkerProcess], app: Any) -> None:
         worker.wait_ready(app, timeout=120)
 
 
+#: The parts of a run whose CPU time is read: the fleet's two workers (main process, pool), this producer
+#: and Redis.
+CPU_PARTS = ("exec main", "exec pool", "index main", "index pool", "producer", "redis")
+
+
+def _cpu(workers: list[WorkerProcess], redis_pid: int) -> dict[str, float]:
+    (exec_main, exec_pool), (index_main, index_pool) = (worker_cpu(worker) for worker in workers)
+    values = (exec_main, exec_pool, index_main, index_pool, cpu_seconds(os.getpid()), cpu_seconds(redis_pid))
+    return dict(zip(CPU_PARTS, values, strict=True))
+
+
+def _cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {part: (after[part] - before[part]) * 1000 / max(n, 1) for part in CPU_PARTS}
+
+
 def _stop(workers: list[WorkerProcess]) -> None:
     for worker in workers:
         worker.stop()
@@ -108,7 +126,7 @@ CANVAS_LABELS = {
 }
 
 
-def measure_bare(n: int, workdir: Path, redis_url: str, kind: str = "bare") -> Rate:
+def measure_bare(n: int, workdir: Path, redis_url: str, redis_pid: int, kind: str = "bare") -> Rate:
     """``n`` canvases ``chain(noop, group(noop x3))`` on the same fleet shape: ``kind`` "bare" configured
     like ours, "lean" configured as Celery's docs set it up (workers without ``-E``)."""
     from celery import Celery, chain, group
@@ -128,6 +146,7 @@ def measure_bare(n: int, workdir: Path, redis_url: str, kind: str = "bare") -> R
     workers = _fleet(workdir, redis_url, kind, app=f"bench.pipeline_tasks:{kind}", events=kind != "lean")
     _start(workers, app)
     try:
+        cpu_before = _cpu(workers, redis_pid)
         started = time.perf_counter()
         sent = []
         for _ in range(n):
@@ -144,16 +163,17 @@ def measure_bare(n: int, workdir: Path, redis_url: str, kind: str = "bare") -> R
         wait_until(lambda: int(client.get(pt.DONE) or 0) >= 3 * n, timeout=max(120, n / 5), interval=0.2,
                    what=f"{kind}: {n} pipelines to finish")  # fmt: skip
         elapsed = time.perf_counter() - started
+        cpu = _cpu_per(cpu_before, _cpu(workers, redis_pid), n)
     finally:
         _stop(workers)
         for result in sent:
             result.forget()
         sent.clear()
         app.close()
-    return Rate(CANVAS_LABELS[kind], n, elapsed)
+    return Rate(CANVAS_LABELS[kind], n, elapsed, cpu_ms=cpu)
 
 
-def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
+def measure_pipeline(n: int, workdir: Path, redis_url: str, redis_pid: int) -> Rate:
     from fabric.producer import get_message_queue
     from services.analytics import get_workflow_stats
     from services.search import get_search_service
@@ -168,6 +188,7 @@ def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
     _start(workers, mq.app)
     search = get_search_service()
     try:
+        cpu_before = _cpu(workers, redis_pid)
         started = time.perf_counter()
         for i in range(n):
             pipelines.request_execution(WORKFLOW_ID, {"name": f"  Ada {i} ", "email": f"ADA{i}@EXAMPLE.COM"})
@@ -178,6 +199,7 @@ def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
 
         wait_until(done, timeout=max(300, n / 2), interval=0.5, what=f"{n} executions counted and indexed")
         elapsed = time.perf_counter() - started
+        cpu = _cpu_per(cpu_before, _cpu(workers, redis_pid), n)
     finally:
         _stop(workers)
     stats = get_workflow_stats(WORKFLOW_ID)
@@ -189,7 +211,7 @@ def measure_pipeline(n: int, workdir: Path, redis_url: str) -> Rate:
         f"index_execution: {executions.get('messages', 0)} messages in {executions.get('flushes', 0)} bulk "
         f"writes; index_logs: {logs.get('messages', 0)} in {logs.get('flushes', 0)}"
     )
-    return Rate("ours: 5-step workflow, whole pipeline", n, elapsed, extra)
+    return Rate("ours: 5-step workflow, whole pipeline", n, elapsed, extra, cpu_ms=cpu)
 
 
 def measure_indexing(mode: str, m: int, workdir: Path, redis_url: str) -> Rate:
@@ -292,14 +314,16 @@ def run(n: int, m: int, parts: tuple[str, ...] = ("e2e", "indexing")) -> dict[st
     results: dict[str, Rate] = {}
     with sandbox("bench-pipeline-") as box:
         workdir, url = box.workdir, box.redis_url
+        assert box.redis.proc is not None
+        redis_pid = box.redis.proc.pid
         if "indexing" in parts:
             results["writes_single"], results["writes_bulk"] = measure_writes(m, workdir)
             for mode in ("single", "bulk", "prefork"):
                 results[mode] = measure_indexing(mode, m, workdir, url)
         if "e2e" in parts:
-            results["lean"] = measure_bare(n, workdir, url, kind="lean")
-            results["bare"] = measure_bare(n, workdir, url)
-            results["ours"] = measure_pipeline(n, workdir, url)
+            results["lean"] = measure_bare(n, workdir, url, redis_pid, kind="lean")
+            results["bare"] = measure_bare(n, workdir, url, redis_pid)
+            results["ours"] = measure_pipeline(n, workdir, url, redis_pid)
     return results
 
 
@@ -324,7 +348,15 @@ def report(results: dict[str, Rate], n: int, m: int) -> str:
             "",
             ours.extra,
             "",
+            "CPU milliseconds per pipeline, read from /proc while it ran (the producer's includes polling):",
+            "",
+            "| | " + " | ".join(CPU_PARTS) + " | total |",
+            "| --- |" + " ---: |" * (len(CPU_PARTS) + 1),
         ]
+        for name, rate in (("lean", lean), ("bare", bare), ("ours", ours)):
+            cells = " | ".join(f"{rate.cpu_ms[part]:.2f}" for part in CPU_PARTS)
+            lines.append(f"| {name} | {cells} | {sum(rate.cpu_ms.values()):.2f} |")
+        lines.append("")
     if "bulk" in results:
         single, bulk, prefork = results["single"], results["bulk"], results["prefork"]
         lines += [
