@@ -5,9 +5,9 @@
 
 Baseline, measured in the same run: plain ``Path.write_bytes`` / ``read_bytes`` into the same directory layout
 (no temporary file, no rename, no lock, no fsync, no content type). Every row is a rate and its ratio to that
-baseline. Rows: the local store without fsync (temp file + rename + flock + sidecar), the local store as
-shipped (plus fsync of file and directory), and the MinIO adapter against a nanio server on loopback (S3
-signatures, HTTP, nanio's own disk writes).
+baseline. Rows: the local store without fsync (temp file, content type in an extended attribute, rename), the
+local store as shipped (plus fsync of file and directory), and the MinIO adapter against a nanio server on
+loopback (S3 signatures, HTTP, nanio's own disk writes).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 
 from config import get_settings
 from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound
-from services.storage.local import LocalStorage, SignatureRefused, _disk_errors
+from services.storage.local import CONTENT_TYPE_XATTR, LocalStorage, SignatureRefused, _disk_errors
 from tests.storage.conftest import SIGNING_KEY, PresignServer, make_local, tree
 from tests.support.servers import ManagedProcess, free_port, wait_until
 
@@ -68,12 +68,73 @@ def local(tmp_path: Path, presign_server: PresignServer) -> LocalStorage:
     return make_local(tmp_path / "objects", presign_server)
 
 
-def test_layout_buckets_are_directories_and_sidecars_are_hidden(local: LocalStorage) -> None:
+def test_layout_one_file_per_object_with_its_type_in_an_extended_attribute(local: LocalStorage) -> None:
     local.upload_file("docs", "a/b.json", b"{}", "application/json")
-    assert (local.root / "docs" / "a" / "b.json").read_bytes() == b"{}"
-    sidecar = json.loads((local.root / ".meta" / "docs" / "a" / "b.json").read_text())
-    assert sidecar["content_type"] == "application/json"
+    path = local.root / "docs" / "a" / "b.json"
+    assert path.read_bytes() == b"{}"
+    assert os.getxattr(path, CONTENT_TYPE_XATTR) == b"application/json"
+    assert not (local.root / ".meta").exists()
     assert local.list_files("docs") == ["a/b.json"]
+    assert local.stat("docs", "a/b.json").content_type == "application/json"
+    assert not list((local.root / ".tmp").iterdir())
+
+
+def test_without_extended_attributes_types_live_in_hidden_sidecars(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "objects", SIGNING_KEY, "http://unused", xattrs=False)
+    store.upload_file("docs", "a/b.json", b"{}", "application/json")
+    path = store.root / "docs" / "a" / "b.json"
+    with pytest.raises(OSError, match="No data available"):
+        os.getxattr(path, CONTENT_TYPE_XATTR)
+    sidecar = json.loads((store.root / ".meta" / "docs" / "a" / "b.json").read_text())
+    assert sidecar == {"content_type": "application/json", "size": 2}
+    assert store.list_files("docs") == ["a/b.json"]
+    assert store.stat("docs", "a/b.json").content_type == "application/json"
+    store.delete_file("docs", "a/b.json")
+    assert not (store.root / ".meta" / "docs" / "a").exists()
+
+
+def test_objects_stored_with_sidecars_read_and_replace_cleanly(tmp_path: Path) -> None:
+    """A data directory an earlier version (or a filesystem without extended attributes) wrote keeps its
+    content types; a later write puts the type on the file, which wins over the old sidecar."""
+    root = tmp_path / "objects"
+    LocalStorage(root, SIGNING_KEY, "http://unused", xattrs=False).upload_text(
+        "docs", "old.txt", "old", "text/csv"
+    )
+    store = LocalStorage(root, SIGNING_KEY, "http://unused")
+    assert store.stat("docs", "old.txt").content_type == "text/csv"
+    store.upload_text("docs", "old.txt", "new", "text/markdown")
+    assert (store.download_file("docs", "old.txt"), store.stat("docs", "old.txt").content_type) == (
+        b"new",
+        "text/markdown",
+    )
+    store.delete_file("docs", "old.txt")
+    assert not (root / ".meta" / "docs" / "old.txt").exists()
+    assert store.list_files("docs") == []
+
+
+def _write_and_delete(root: str, role: str, rounds: int) -> None:
+    store = LocalStorage(Path(root), SIGNING_KEY, "http://unused", fsync=False)
+    for n in range(rounds):
+        name = f"churn/{n % 4}/object.txt"
+        if role == "writer":
+            store.upload_text("b-one", name, f"round {n}")
+        else:
+            store.delete_file("b-one", name)  # prunes churn/{n % 4} when it empties
+
+
+def test_an_upload_survives_a_delete_pruning_its_directory(local: LocalStorage) -> None:
+    """Uploads take no lock, so a delete can prune the directory an upload just made before the upload
+    renames into it; the upload makes it again (without that, this fails within a few hundred rounds)."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_write_and_delete, args=(str(local.root), role, 600))
+        for role in ("writer", "deleter", "writer", "deleter")
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert not list((local.root / ".tmp").iterdir())
 
 
@@ -155,8 +216,8 @@ def test_signature_checks_are_exact(tmp_path: Path) -> None:
         store.verify_presigned("b-one", "a b/c.txt", "soon", signature)
 
 
-def _writer(root: str, worker: int, rounds: int) -> None:
-    store = LocalStorage(Path(root), SIGNING_KEY, "http://unused")
+def _writer(root: str, worker: int, rounds: int, xattrs: bool) -> None:
+    store = LocalStorage(Path(root), SIGNING_KEY, "http://unused", xattrs=None if xattrs else False)
     for n in range(rounds):
         body = f"writer-{worker}-round-{n}|".encode() * (50 + 97 * worker)
         store.upload_file("shared", "contended.bin", body, f"application/x-writer-{worker}")
@@ -165,10 +226,13 @@ def _writer(root: str, worker: int, rounds: int) -> None:
             store.delete_file("shared", f"own/{worker}/{n - 1}.bin")
 
 
-def test_several_processes_write_one_store_at_once(local: LocalStorage) -> None:
+@pytest.mark.parametrize("xattrs", [True, False], ids=["types-in-xattrs", "types-in-sidecars"])
+def test_several_processes_write_one_store_at_once(local: LocalStorage, xattrs: bool) -> None:
     workers, rounds = 4, 40
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_writer, args=(str(local.root), w, rounds)) for w in range(workers)]
+    processes = [
+        context.Process(target=_writer, args=(str(local.root), w, rounds, xattrs)) for w in range(workers)
+    ]
     for process in processes:
         process.start()
     mismatches, reads = [], 0
