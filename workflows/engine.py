@@ -26,6 +26,7 @@ import copy
 import functools
 import heapq
 import json
+import math
 import queue
 import threading
 import time
@@ -45,6 +46,9 @@ from workflows.validation import WorkflowPlan, validate_workflow
 
 ShouldCancel = Callable[[], bool]
 OnStep = Callable[[StepLog], None]
+#: Called once, in the engine's thread, with the running record, when an execution has run a given time
+#: (``running_for``).
+OnRunningFor = Callable[[ExecutionRecord], None]
 
 
 @dataclass
@@ -165,11 +169,15 @@ class WorkflowEngine:
         execution_id: str | None = None,
         should_cancel: ShouldCancel | None = None,
         on_step: OnStep | None = None,
+        running_for: tuple[float, OnRunningFor] | None = None,
     ) -> ExecutionRecord:
         """Execute ``workflow`` on ``input_data`` and return its record (completed, failed or cancelled).
 
         ``execution_id``: the id to record (default: a new one). ``should_cancel``: asked before each step
         starts. ``on_step``: called in this thread with each step's log as soon as the step ends.
+        ``running_for=(seconds, callback)``: ``callback(record)`` is called once, in this thread, with the
+        record (status running) if the execution is still running ``seconds`` after it began (0: before its
+        first step), while its steps go on.
 
         A failing step does not raise: it fails the record. Raises InvalidInput only for an invalid workflow
         or input_data that is not a JSON object.
@@ -195,6 +203,7 @@ class WorkflowEngine:
             should_cancel=should_cancel or (lambda: False),
             on_step=on_step,
             max_parallel=self._max_parallel or settings.workflow_max_parallel_steps,
+            running_for=running_for,
         ).execute()
         return record
 
@@ -211,6 +220,7 @@ class _Run:
         should_cancel: ShouldCancel,
         on_step: OnStep | None,
         max_parallel: int,
+        running_for: tuple[float, OnRunningFor] | None = None,
     ) -> None:
         self.plan = plan
         self.record = record
@@ -227,11 +237,14 @@ class _Run:
         self.outputs: dict[str, Any] = {}
         self.logs: dict[str, StepLog] = {}
         self.stop: ExecutionStatus | None = None
+        self.on_running_for: OnRunningFor | None = running_for[1] if running_for else None
+        self.running_for_due = time.monotonic() + running_for[0] if running_for else math.inf
 
     # --- the loop -----------------------------------------------------------------------------------------
 
     def execute(self) -> None:
         while True:
+            self._check_running_for()
             if self.stop is None:
                 self._start_ready()
             if not self.running:
@@ -239,9 +252,11 @@ class _Run:
                     break
                 if not self.ready:
                     # only retries are waiting: sleep until the first is due (the backoff)
-                    time.sleep(max(0.0, self.retries[0][0] - time.monotonic()))
+                    due = min(self.retries[0][0], self.running_for_due)
+                    time.sleep(max(0.0, due - time.monotonic()))
                 continue
             wait(list(self.running), timeout=self._wait_timeout(), return_when=FIRST_COMPLETED)
+            self._check_running_for()
             now = time.monotonic()
             for future, attempt in list(self.running.items()):
                 if future.done():
@@ -258,7 +273,12 @@ class _Run:
         horizon = min(attempt.deadline for attempt in self.running.values())
         if self.stop is None and self.retries:
             horizon = min(horizon, self.retries[0][0])
-        return max(0.0, horizon - now)
+        return max(0.0, min(horizon, self.running_for_due) - now)
+
+    def _check_running_for(self) -> None:
+        if self.on_running_for is not None and time.monotonic() >= self.running_for_due:
+            callback, self.on_running_for, self.running_for_due = self.on_running_for, None, math.inf
+            callback(self.record)
 
     def _start_ready(self) -> None:
         while len(self.running) < self.max_parallel:

@@ -286,3 +286,41 @@ def test_finished_states() -> None:
         ExecutionStatus.FAILED,
         ExecutionStatus.CANCELLED,
     }
+
+
+def test_running_for_calls_back_once_while_a_long_step_runs() -> None:
+    workflow = make_workflow([node("first"), node("long", "hang", fail_times=1), node("last")],
+                             [("first", "long"), ("long", "last")])  # fmt: skip
+    seen: list[tuple[ExecutionStatus, list[tuple[str, str]]]] = []
+
+    def running(record: Any) -> None:
+        seen.append((record.status, list(ProbeStep.events)))
+        ProbeStep.release.set()  # the long step ends once the callback has seen it running
+
+    record = WorkflowEngine().run(workflow, {}, running_for=(0.05, running))
+    assert record.status is ExecutionStatus.COMPLETED, record.error_message
+    assert len(seen) == 1
+    status, events = seen[0]
+    assert status is ExecutionStatus.RUNNING
+    assert events[-1] == ("start", "long")  # called in the engine's thread while the step went on
+
+
+def test_running_for_zero_calls_back_before_the_first_step_and_never_for_a_short_run() -> None:
+    workflow = make_workflow([node("a"), node("b")], [("a", "b")])
+    seen: list[int] = []
+    WorkflowEngine().run(workflow, {}, running_for=(0.0, lambda record: seen.append(len(ProbeStep.events))))
+    assert seen == [0]
+    seen.clear()
+    record = WorkflowEngine().run(workflow, {}, running_for=(30.0, lambda record: seen.append(1)))
+    assert record.status is ExecutionStatus.COMPLETED and seen == []
+
+
+def test_running_for_calls_back_during_a_retry_backoff() -> None:
+    retry = {"max_attempts": 2, "backoff": 0.3}
+    workflow = make_workflow([node("flaky", "transient", fail_times=1, retry=retry)], [])
+    seen: list[int] = []
+    record = WorkflowEngine().run(
+        workflow, {}, running_for=(0.05, lambda record: seen.append(ProbeStep.calls["flaky"]))
+    )
+    assert record.status is ExecutionStatus.COMPLETED, record.error_message
+    assert seen == [1]  # after the failed first try, before the second

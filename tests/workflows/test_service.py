@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
 
-from fabric.errors import InvalidInput, NotFound
+from fabric.errors import BackendUnavailable, InvalidInput, NotFound
 from tests.workflows.conftest import make_workflow
 from workflows import ExecutionRecord, ExecutionStatus, WorkflowRepository
-from workflows.service import run_execution
-from workflows.steps import Step, StepContext, default_registry, register_step_type
+from workflows.service import RUNNING_RECORD_AFTER, run_execution
+from workflows.steps import Step, StepConfig, StepContext, default_registry, register_step_type
+
+
+class CountingConfig(StepConfig):
+    sleep: float = 0.0
 
 
 class CountingStep(Step):
+    Config = CountingConfig
     calls: ClassVar[int] = 0
     seen_running: ClassVar[list[ExecutionRecord | None]] = []
     repo: ClassVar[WorkflowRepository | None] = None
 
     def run(self, data: Any, context: StepContext) -> Any:
         CountingStep.calls += 1
+        assert isinstance(self.config, CountingConfig)
+        time.sleep(self.config.sleep)
         if CountingStep.repo is not None:
             CountingStep.seen_running.append(CountingStep.repo.get_execution(context.execution_id))
         return {"calls": CountingStep.calls}
@@ -37,13 +45,14 @@ def counting(repo: WorkflowRepository) -> Iterator[None]:
     default_registry.unregister("counting")
 
 
-def save(repo: WorkflowRepository) -> None:
-    repo.save_workflow(make_workflow([{"id": "c", "type": "counting", "data": {}}], [], id="wf"))
+def save(repo: WorkflowRepository, sleep: float = 0.0) -> None:
+    data = {"sleep": sleep} if sleep else {}
+    repo.save_workflow(make_workflow([{"id": "c", "type": "counting", "data": data}], [], id="wf"))
 
 
 def test_runs_stores_and_does_not_repeat_a_finished_execution(repo: WorkflowRepository) -> None:
     save(repo)
-    record, ran = run_execution("wf", {"a": 1}, execution_id="x-1", repository=repo)
+    record, ran = run_execution("wf", {"a": 1}, execution_id="x-1", repository=repo, record_running=0)
     assert ran and record.status is ExecutionStatus.COMPLETED
     # while the step ran, the store already held a running record
     running = CountingStep.seen_running[0]
@@ -95,11 +104,50 @@ def test_an_execution_writes_its_running_record_its_marker_and_its_final_record_
         return upload(bucket, name, *args, **kwargs)
 
     monkeypatch.setattr(repo.storage, "upload_file", recording)
-    run_execution("wf", {"a": 1}, execution_id="x-9", repository=repo)
+    run_execution("wf", {"a": 1}, execution_id="x-9", repository=repo, record_running=0)
     assert written == ["by-workflow/wf/x-9", "executions/x-9/result.json", "executions/x-9/result.json"]
     assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-9"]
     # Without a running record first, the final save lists the execution itself.
     written.clear()
-    run_execution("wf", {"a": 2}, execution_id="x-10", repository=repo, record_running=False)
+    run_execution("wf", {"a": 2}, execution_id="x-10", repository=repo, record_running=None)
     assert written == ["by-workflow/wf/x-10", "executions/x-10/result.json"]
     assert {r.execution_id for r in repo.list_executions(workflow_id="wf")} == {"x-9", "x-10"}
+    # By default an execution that ends within RUNNING_RECORD_AFTER stores no running record.
+    written.clear()
+    record, _ = run_execution("wf", {"a": 3}, execution_id="x-11", repository=repo)
+    assert record.duration_ms is not None and record.duration_ms < RUNNING_RECORD_AFTER * 1000
+    assert written == ["by-workflow/wf/x-11", "executions/x-11/result.json"]
+    assert CountingStep.seen_running[-1] is None
+
+
+def test_a_longer_execution_is_visible_as_running_while_it_runs(repo: WorkflowRepository) -> None:
+    save(repo, sleep=RUNNING_RECORD_AFTER * 4)
+    record, ran = run_execution("wf", {"a": 1}, execution_id="x-12", repository=repo)
+    assert ran and record.status is ExecutionStatus.COMPLETED
+    # the step read the store at its end: the running record had been stored while it ran
+    running = CountingStep.seen_running[0]
+    assert running is not None and running.status is ExecutionStatus.RUNNING
+    assert running.started_at == record.started_at and running.input_data == {"a": 1}
+    assert repo.get_execution("x-12") == record
+    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-12"]
+
+
+def test_a_running_record_that_cannot_be_stored_does_not_stop_the_execution(
+    repo: WorkflowRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save(repo, sleep=RUNNING_RECORD_AFTER * 4)
+    upload = repo.storage.upload_file
+    calls: list[str] = []
+
+    def first_fails(bucket: str, name: str, *args: Any, **kwargs: Any) -> str:
+        calls.append(name)
+        if len(calls) == 1:
+            raise BackendUnavailable("the store is away for a moment")
+        return upload(bucket, name, *args, **kwargs)
+
+    monkeypatch.setattr(repo.storage, "upload_file", first_fails)
+    record, ran = run_execution("wf", {}, execution_id="x-13", repository=repo)
+    assert ran and record.status is ExecutionStatus.COMPLETED
+    # the failed running record wrote no marker, so the final save wrote it
+    assert calls == ["by-workflow/wf/x-13", "by-workflow/wf/x-13", "executions/x-13/result.json"]
+    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-13"]
