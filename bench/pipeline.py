@@ -7,7 +7,7 @@ real workers.
     python -m bench.pipeline -n 400 --only e2e    # one part, chosen sizes
 
 1. End to end: a 5-step workflow registered once and executed ``n`` times through the whole pipeline
-   (``execute`` -> ``index_execution`` / ``index_logs`` / ``update_workflow_stats``) until every execution
+   (``execute`` -> ``index_and_count_execution``) until every execution
    is counted and indexed, against the same shape of Celery noop tasks
    (``chain(noop, group(noop, noop, noop))``) on the same fleet shape and queues, twice: on lean Celery
    (``bench.fabric_tasks.lean_configuration``: what Celery's docs set up for reliable tasks, workers without
@@ -204,12 +204,11 @@ def measure_pipeline(n: int, workdir: Path, redis_url: str, redis_pid: int) -> R
         _stop(workers)
     stats = get_workflow_stats(WORKFLOW_ID)
     flushes = batch_stats()
-    logs = flushes.get("index_logs", {})
-    executions = flushes.get("index_executions", {})
+    follow_ups = flushes.get("execution_follow_ups", {})
     extra = (
         f"{stats['runs']} runs counted ({stats['by_status']['completed']} completed); "
-        f"index_execution: {executions.get('messages', 0)} messages in {executions.get('flushes', 0)} bulk "
-        f"writes; index_logs: {logs.get('messages', 0)} in {logs.get('flushes', 0)}"
+        f"index_and_count_execution: {follow_ups.get('messages', 0)} messages in "
+        f"{follow_ups.get('flushes', 0)} bulk writes"
     )
     return Rate("ours: 5-step workflow, whole pipeline", n, elapsed, extra, cpu_ms=cpu)
 

@@ -89,6 +89,13 @@ class IndexExecution(Payload):
     execution: ExecutionDoc
 
 
+class IndexAndCountExecution(Payload):
+    """What follows a finished execution, in one message: count it, index it, index its logs."""
+
+    action: Literal["index_and_count_execution"]
+    execution: ExecutionDoc
+
+
 class IndexLog(Payload):
     action: Literal["index_log"]
     entry: LogEntryDoc
@@ -138,12 +145,13 @@ def register_action(
     return action
 
 
-# What follows an execution (index it, index its logs, count it) is attached by the worker that runs it
-# (tasks.execution), so every producer gets the whole pipeline, whatever it sends.
+# What follows an execution (``index_and_count_execution``: count it, index it, index its logs) is attached by
+# the worker that runs it (tasks.execution), so every producer gets the whole pipeline, whatever it sends.
 EXECUTE = register_action(Queue.WORKFLOW_EXECUTION, "execute", ExecuteWorkflow)
 for _queue, _name, _model in (
     (Queue.INDEXING, "index_workflow", IndexWorkflow),
     (Queue.INDEXING, "index_execution", IndexExecution),
+    (Queue.INDEXING, "index_and_count_execution", IndexAndCountExecution),
     (Queue.INDEXING, "index_log", IndexLog),
     (Queue.VECTORS, "embed_workflow", EmbedWorkflow),
     (Queue.ANALYTICS, "update_workflow_stats", UpdateWorkflowStats),

@@ -2,14 +2,17 @@
 pipeline.
 
 What follows an execution is composed here, on the worker, as a Celery canvas:
-``chain(execute, group(index_execution, index_logs, update_workflow_stats))``. The producer sends a plain
-``workflow_execution.execute`` message; the task, once the execution is recorded, adds the group to its
-own chain (``request.chain``), and Celery sends the group with the execution record as its argument.
+``chain(execute, index_and_count_execution)``. The producer sends a plain ``workflow_execution.execute``
+message; the task, once the execution is recorded, adds the follow-up to its own chain (``request.chain``),
+and Celery sends it with the execution record as its argument. One follow-up message does what three did
+(``index_execution``, ``index_logs``, ``update_workflow_stats``, which stay for producers that send them):
+an execution costs two broker messages, each with its own state in Flower.
 So every producer gets the whole pipeline: ``enqueue``, ``enqueue_many``, the HTTP API, a dead-letter
 replay, a plain Celery ``send_task`` from a codebase that has none of ours, a Celery client in another
-language. A message whose chain holds the follow-ups already (sent by an older producer that composed the
-canvas itself) does not get them twice. Each follow-up is idempotent (upserts by id, counted once per
-execution id), so a redelivered execution that sends them again changes nothing.
+language. A message whose chain holds a follow-up already (sent by an older producer that composed the
+canvas itself, with the follow-ups of that time) does not get one again. The follow-up is idempotent
+(upserts by id, counted once per execution id), so a redelivered execution that sends it again changes
+nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from celery import group
 from celery.utils.log import get_task_logger
 from redis import Redis
 
@@ -32,8 +34,10 @@ from workflows.service import run_execution
 
 logger = get_task_logger(__name__)
 
-#: What follows an execution, run together on its record: index it, index its logs, count it.
-EXECUTION_FOLLOW_UP = (
+#: What follows an execution, on its record: count it, index it, index its logs.
+EXECUTION_FOLLOW_UP = "indexing_tasks.index_and_count_execution"
+#: The follow-ups that producers of earlier versions chained after ``execute`` themselves, as a group.
+EARLIER_FOLLOW_UPS = (
     "indexing_tasks.index_execution",
     "indexing_tasks.index_logs",
     "analytics_tasks.update_workflow_stats",
@@ -96,20 +100,18 @@ class CancelCheck:
 
 
 def attach_follow_up(task: BaseTask, summary: str | None = None) -> None:
-    """Add the follow-up group to the running task's chain, unless the chain holds it already.
+    """Add the follow-up to the running task's chain, unless the chain holds one already.
 
-    ``summary`` is what the follow-ups' messages and events show as their arguments (``argsrepr``: Flower's
+    ``summary`` is what the follow-up's message and events show as its arguments (``argsrepr``: Flower's
     "args"), in place of Celery's ``repr`` of the whole execution record: shorter to read, and a fifth of
-    the pool's CPU time for sending them went to building that ``repr`` three times (py-spy)."""
+    the pool's CPU time for sending follow-ups went to building that ``repr`` (py-spy)."""
     chain = task.request.chain or []
-    if any(name in EXECUTION_FOLLOW_UP for signature in chain for name in _task_names(signature)):
+    known = (EXECUTION_FOLLOW_UP, *EARLIER_FOLLOW_UPS)
+    if any(name in known for signature in chain for name in _task_names(signature)):
         return
     options = {} if summary is None else {"argsrepr": summary, "kwargsrepr": "{}"}
-    # The chain runs from its end: the group goes next, before anything the producer chained after.
-    task.request.chain = [
-        *chain,
-        group(task.app.signature(name, options=options) for name in EXECUTION_FOLLOW_UP),
-    ]
+    # The chain runs from its end: the follow-up goes next, before anything the producer chained after.
+    task.request.chain = [*chain, task.app.signature(EXECUTION_FOLLOW_UP, options=options)]
 
 
 def _task_names(signature: Any) -> Iterator[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric.contracts import IndexExecution
+from fabric.contracts import IndexAndCountExecution, IndexExecution
 from tasks.app import app
 from tasks.base import BaseTask
 from tasks.batching import batch_writer
@@ -31,6 +31,22 @@ def index_execution(
     execution = execution_fields(execution_doc(result, payload, IndexExecution))
     batch_writer("index_execution").submit([execution])
     return {"indexed": "executions", "id": execution["id"]}
+
+
+@app.task(name="indexing_tasks.index_and_count_execution", bind=True)
+def index_and_count_execution(
+    self: BaseTask, result: dict[str, Any] | None = None, payload: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What follows an execution, in one message (the pipeline's follow-up, :mod:`tasks.execution`): count
+    it, index it and index its logs, in bulk writes shared with the other follow-ups this process runs."""
+    execution = execution_doc(result, payload, IndexAndCountExecution)
+    batch_writer("index_and_count_execution").submit([execution])
+    return {
+        "indexed": "executions",
+        "id": execution["id"],
+        "workflow_id": execution["workflow_id"],
+        "logs": len(execution.get("logs", [])),
+    }
 
 
 @app.task(name="indexing_tasks.index_logs", bind=True)

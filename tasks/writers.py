@@ -21,7 +21,14 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
-from fabric.contracts import EmbedWorkflow, IndexExecution, IndexWorkflow, LogEntryDoc, UpdateWorkflowStats
+from fabric.contracts import (
+    EmbedWorkflow,
+    IndexAndCountExecution,
+    IndexExecution,
+    IndexWorkflow,
+    LogEntryDoc,
+    UpdateWorkflowStats,
+)
 from fabric.errors import InvalidInput, PermanentError
 from services.analytics import WorkflowStats
 from services.search import get_search_service
@@ -93,6 +100,18 @@ def _by_id(doc: Doc) -> str:
     return str(doc["id"])
 
 
+def write_follow_ups(executions: list[Doc]) -> None:
+    """What follows many finished executions, in three bulk calls: count them (first, so an execution is
+    counted even if its documents are refused), index them, index their logs. Each call is idempotent (an
+    execution is counted once per id, documents are upserts), so a retry of the whole is safe."""
+    WorkflowStats().record_many((execution["workflow_id"], execution) for execution in executions)
+    search = get_search_service()
+    search.bulk_index_executions([execution_fields(execution) for execution in executions])
+    logs = {log_key(entry): entry for execution in executions for entry in execution.get("logs", [])}
+    if logs:
+        search.bulk_index_logs(list(logs.values()))
+
+
 WRITERS: dict[str, Writer] = {
     "index_workflow": Writer(
         "index_workflows",
@@ -104,6 +123,12 @@ WRITERS: dict[str, Writer] = {
         "index_executions",
         lambda payload: [execution_fields(_dump(IndexExecution.model_validate(payload).execution))],
         lambda docs: get_search_service().bulk_index_executions(docs),
+        _by_id,
+    ),
+    "index_and_count_execution": Writer(
+        "execution_follow_ups",
+        lambda payload: [_dump(IndexAndCountExecution.model_validate(payload).execution)],
+        write_follow_ups,
         _by_id,
     ),
     "index_log": Writer(

@@ -3,8 +3,8 @@ Composed from Celery canvas by task name (producers need none of the worker code
 
 - workflow registered: stored in the object store, then ``group(index_workflow, embed_workflow)``;
 - execution requested: one ``workflow_execution.execute`` message; the worker that runs it attaches
-  ``group(index_execution, index_logs, update_workflow_stats)`` to its chain (``tasks.execution``), so an
-  execution enqueued any other way gets the same pipeline;
+  ``index_and_count_execution`` to its chain (``tasks.execution``), so an execution enqueued any other way
+  gets the same pipeline;
 - reindex: every workflow and execution in the object store sent again through the indexing and vector
   queues (writes are upserts by id, so a reindex never duplicates).
 

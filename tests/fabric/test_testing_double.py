@@ -282,11 +282,9 @@ def test_an_execution_of_a_registered_sample_runs_with_its_pipeline_and_its_reco
 
     assert (execution.id, execution.state) == (execution_id, "SUCCESS"), execution.error
     assert execution.result["status"] == "completed" and execution.result["execution_id"] == execution_id
-    # The follow-ups the worker attaches to every execution ran too, on the execution's record.
-    assert sorted((d.task, d.state, d.parent_id) for d in follow_ups) == [
-        ("analytics_tasks.update_workflow_stats", "SUCCESS", execution_id),
-        ("indexing_tasks.index_execution", "SUCCESS", execution_id),
-        ("indexing_tasks.index_logs", "SUCCESS", execution_id),
+    # The follow-up the worker attaches to every execution ran too, on the execution's record.
+    assert [(d.task, d.state, d.parent_id) for d in follow_ups] == [
+        ("indexing_tasks.index_and_count_execution", "SUCCESS", execution_id),
     ]
     assert all(d.args == [execution.result] for d in follow_ups)
     record = WorkflowRepository().get_execution(execution_id)

@@ -27,7 +27,7 @@ from services.analytics import get_workflow_stats
 from services.metrics import OUTCOMES_KEY
 from services.search import get_search_service, reset_search_service
 from services.vectors import reset_vector_service
-from tasks.execution import EXECUTION_FOLLOW_UP
+from tasks.execution import EARLIER_FOLLOW_UPS, EXECUTION_FOLLOW_UP
 from tests.fabric.conftest import wait_for_state
 from tests.support.fleet import StartWorker
 from tests.support.servers import wait_until
@@ -88,10 +88,14 @@ def send_from_plain_celery(tmp_path: Path, payloads: list[dict[str, object]]) ->
     return list(json.loads(done.stdout))
 
 
+#: The follow-up the worker attaches, and those an older producer chained itself.
+FOLLOW_UP_TASKS = (EXECUTION_FOLLOW_UP, *EARLIER_FOLLOW_UPS)
+
+
 def follow_up_runs(client: redis.Redis) -> dict[str, int]:
     """How many times each follow-up task has succeeded in the fleet (its task counters)."""
     counts = client.hgetall(OUTCOMES_KEY)
-    return {name: int(counts.get(f"{name}|success".encode(), 0)) for name in EXECUTION_FOLLOW_UP}
+    return {name: int(counts.get(f"{name}|success".encode(), 0)) for name in FOLLOW_UP_TASKS}
 
 
 NODE_PRODUCER = Path(__file__).resolve().parents[1] / "support" / "celery_node"
@@ -137,11 +141,15 @@ def register(pipelines: Pipelines) -> str:
     return workflow_id
 
 
-def assert_whole_pipeline_once(workflow_id: str, execution_ids: list[str], client: redis.Redis) -> None:
-    """Each execution recorded, indexed with its logs and counted; each follow-up ran once per execution."""
+def assert_whole_pipeline_once(
+    workflow_id: str, execution_ids: list[str], client: redis.Redis, composed: int = 0
+) -> None:
+    """Each execution recorded, indexed with its logs and counted; one follow-up ran once per execution
+    (the ``composed`` executions sent by an older producer ran that producer's follow-ups instead)."""
     search = get_search_service()
     repo = WorkflowRepository()
     total = len(execution_ids)
+    expected = {EXECUTION_FOLLOW_UP: total - composed, **dict.fromkeys(EARLIER_FOLLOW_UPS, composed)}
 
     def indexed() -> bool:
         found = {e["id"] for e in search.search_executions(workflow_id=workflow_id, limit=100)}
@@ -149,7 +157,7 @@ def assert_whole_pipeline_once(workflow_id: str, execution_ids: list[str], clien
 
     wait_until(indexed, timeout=90, interval=0.3, what=f"{total} executions of {workflow_id} to be indexed")
     wait_until(lambda: get_workflow_stats(workflow_id)["runs"] == total, timeout=60, what="the statistics")
-    wait_until(lambda: set(follow_up_runs(client).values()) == {total}, timeout=60, what="the follow-ups")
+    wait_until(lambda: follow_up_runs(client) == expected, timeout=60, what="the follow-ups")
     for execution_id in execution_ids:
         record = repo.get_execution(execution_id)
         assert record is not None and record.status.value == "completed", (execution_id, record)
@@ -158,8 +166,8 @@ def assert_whole_pipeline_once(workflow_id: str, execution_ids: list[str], clien
     assert stats["runs"] == total
     assert stats["by_status"]["completed"] == total
     time.sleep(2)  # a second copy of a follow-up would have run by now
-    # Every follow-up ran exactly once per execution, whoever sent it.
-    assert follow_up_runs(client) == dict.fromkeys(EXECUTION_FOLLOW_UP, total)
+    # One follow-up ran exactly once per execution, whoever sent it.
+    assert follow_up_runs(client) == expected
 
 
 def test_every_producer_gets_the_whole_pipeline_exactly_once(
@@ -175,17 +183,18 @@ def test_every_producer_gets_the_whole_pipeline_exactly_once(
         *send_from_plain_celery(tmp_path, [payload, payload]),  # another codebase, by task name only
         *send_from_celery_node(celery_node, [payload]),  # another language
     ]
-    # An older producer that composed the pipeline itself: the worker does not add it a second time.
+    # An older producer that composed the pipeline itself, with the follow-ups of its time: the worker
+    # adds no follow-up of its own.
     composed = str(uuid.uuid4())
     chain(
         mq.app.signature(
             "workflow_execution.execute", kwargs={"payload": {**payload, "execution_id": composed}},
             task_id=composed, queue="workflow_execution",
         ),
-        group(mq.app.signature(name) for name in EXECUTION_FOLLOW_UP),
+        group(mq.app.signature(name) for name in EARLIER_FOLLOW_UPS),
     ).apply_async()  # fmt: skip
     sent.append(composed)
-    assert_whole_pipeline_once(workflow_id, sent, redis_client)
+    assert_whole_pipeline_once(workflow_id, sent, redis_client, composed=1)
 
 
 def test_a_dead_lettered_execution_from_a_plain_celery_app_replays_through_the_whole_pipeline(
@@ -199,7 +208,7 @@ def test_a_dead_lettered_execution_from_a_plain_celery_app_replays_through_the_w
     status = wait_for_state(mq, message_id, {"DEAD_LETTERED"}, timeout=60)
     assert status["dead_letter"]["reason"] == "permanent"
     assert workflow_id in status["error"]["message"]
-    assert follow_up_runs(redis_client) == dict.fromkeys(EXECUTION_FOLLOW_UP, 0)
+    assert follow_up_runs(redis_client) == dict.fromkeys(FOLLOW_UP_TASKS, 0)
 
     pipelines.register_workflow({"id": workflow_id, **FLOW})  # the cause is fixed: replay
     mq.replay_dead_letter(message_id)
@@ -220,9 +229,10 @@ def test_follow_ups_carry_the_whole_record_and_show_a_summary(
         json.loads(raw)
         for key in redis_client.scan_iter("*_tasks*")
         for raw in redis_client.lrange(key, 0, -1)
-        if json.loads(raw)["headers"]["task"] in EXECUTION_FOLLOW_UP
+        if json.loads(raw)["headers"]["task"] in FOLLOW_UP_TASKS
     ]
-    assert sorted(m["headers"]["task"] for m in follow_ups) == sorted(EXECUTION_FOLLOW_UP)
+    # One follow-up message per execution.
+    assert [m["headers"]["task"] for m in follow_ups] == [EXECUTION_FOLLOW_UP]
     for message in follow_ups:
         # Flower's "args" for the follow-up: which execution, not a repr of the whole record ...
         assert message["headers"]["argsrepr"] == f"(<execution {execution_id} of {workflow_id}: completed>,)"

@@ -12,6 +12,7 @@ import redis
 
 from fabric.errors import BackendUnavailable, InvalidInput
 from fabric.producer import MessageQueue
+from services.analytics import get_workflow_stats
 from services.search import get_search_service
 from services.vectors import get_vector_service
 from tasks.batching import BatchWriter, batch_stats, reset_batch_stats, set_process_slots
@@ -106,6 +107,45 @@ def test_a_bad_document_fails_only_its_own_message(
     assert letter["reason"] == "permanent"
     assert "service" in letter["error"]["message"]
     assert f"{run}-4" not in {h["id"] for h in search.search_logs(query=f"fine {run}")}
+
+
+def test_follow_ups_of_many_executions_share_bulk_writes_and_count_each_once(
+    mq: MessageQueue, start_worker: StartWorker
+) -> None:
+    """``index_and_count_execution``, the one follow-up of an execution: counted, indexed with its logs, in
+    writes shared by many messages; a message sent twice counts once; a refused log fails only its own
+    message, after its execution was counted."""
+    reset_batch_stats()
+    run = uuid.uuid4().hex[:8]
+    n = 120
+    executions = [_execution(i, run) for i in range(n)]
+    executions[17]["logs"][0]["service"] = ""  # the search service refuses it
+    ids = [
+        mq.enqueue("indexing_tasks", {"action": "index_and_count_execution", "execution": execution})
+        for execution in executions + executions[:10]  # the first ten twice, as a redelivery would
+    ]
+    start_worker(["indexing_tasks", "dead_letter"], concurrency=32, extra_args=THREADS,
+                 env={"BATCH_FLUSH_INTERVAL": "1"})  # fmt: skip
+    search = get_search_service()
+    wait_until(lambda: len(search.search_executions(workflow_id=f"wf-{run}", limit=1000)) == n,
+               timeout=120, interval=0.5, what=f"{n} executions to be indexed")  # fmt: skip
+    wait_until(lambda: len(mq.list_dead_letters(queue="indexing_tasks")) == 1, timeout=60,
+               what="the refused message to be dead-lettered")  # fmt: skip
+    (letter,) = mq.list_dead_letters(queue="indexing_tasks")
+    assert letter["id"] == ids[17] and letter["reason"] == "permanent"
+    stats = get_workflow_stats(f"wf-{run}")
+    assert stats["runs"] == n  # each once, the refused one too, the ten sent twice once
+    assert stats["by_status"]["failed"] == len([i for i in range(n) if i % 3 == 0])
+    for i in (0, 9, n - 1):
+        hits = search.search_logs(query=f"number{i}", execution_id=f"{run}-{i}")
+        assert [h["id"] for h in hits] == [f"{run}-{i}-log"]
+    assert search.search_logs(query="number17", execution_id=f"{run}-17") == []
+    for message_id in ids[:17] + ids[18:]:
+        wait_until(lambda m=message_id: mq.get_status(m)["state"] == "SUCCESS", timeout=30,
+                   what=f"{message_id} to succeed")  # fmt: skip
+    flushes = batch_stats()["execution_follow_ups"]
+    assert flushes["messages"] >= n + 10  # the refused batch is written again, message by message
+    assert flushes["flushes"] <= (n + 10) // 8, flushes
 
 
 def test_a_crash_before_the_flush_loses_nothing(mq: MessageQueue, start_worker: StartWorker) -> None:
