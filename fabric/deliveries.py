@@ -13,28 +13,8 @@ from typing import cast
 import redis
 
 from fabric import keys
-from fabric.redis_clients import LuaScript
-from fabric.result_backend import STORE_STATE_FUNCTION
+from fabric.result_backend import count_and_store
 from fabric.starts import DeliveryCount
-
-#: Count one delivery (HINCRBY and EXPIRE of the message's counts, raised to ARGV[5] when lower) and, when
-#: ARGV[3] is not empty, store it as the task's STARTED state as the result backend stores every state
-#: (unless a SUCCESS is stored already). Returns the delivery count of the attempt.
-COUNT_AND_START_LUA = (
-    STORE_STATE_FUNCTION
-    + """
-local count = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-local minimum = tonumber(ARGV[5]) or 1
-if count < minimum then
-  redis.call('HSET', KEYS[1], ARGV[1], minimum)
-  count = minimum
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if ARGV[3] ~= '' then store_state(KEYS[2], ARGV[3], ARGV[4]) end
-return count
-"""
-)
-_count_and_start = LuaScript(COUNT_AND_START_LUA)
 
 
 def deliveries_key(message_id: str) -> str:
@@ -63,12 +43,10 @@ def count_delivery_and_start(
 ) -> int:  # fmt: skip
     """:func:`count_delivery` and the task's STARTED state (``started_meta`` at ``result_key``, kept
     ``result_ttl`` seconds; none when ``started_meta`` is empty) in one round trip."""
-    count = _count_and_start(
-        client,
-        keys=[deliveries_key(message_id), result_key or deliveries_key(message_id)],
-        args=[str(attempt), ttl_seconds, started_meta, result_ttl, minimum],
-    )
-    return int(cast("int", count))
+    state = (result_key, started_meta, result_ttl) if started_meta else None
+    count = delivery_count(message_id, attempt, ttl_seconds)
+    delivered, _stored = count_and_store(client, state=state, count=count, minimum=minimum)
+    return delivered
 
 
 def attempts(client: redis.Redis, message_id: str) -> int:

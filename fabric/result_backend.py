@@ -11,11 +11,12 @@ long as results are kept, for data whose every item has a status of its own
 
 Celery stores a state with a GET (to leave a SUCCESS already stored alone: a redelivered task must not
 overwrite it) and then a pipelined SET and PUBLISH: two round trips for every state of every task.
-:data:`STORE_STATE_LUA` does the same check, the SET (with the same expiry) and the PUBLISH in one script,
-so a state costs one round trip and the check and the write are atomic.
+:data:`COUNT_AND_STORE_LUA` does the same check, the SET (with the same expiry) and the PUBLISH in one
+script, so a state costs one round trip and the check and the write are atomic.
 
-A first delivery that ends within :data:`fabric.starts.START_GRACE` seconds has its delivery counted by the
-same script that stores its final state (:data:`STORE_STATE_AND_COUNT_LUA`, see :mod:`fabric.starts`).
+The same script counts deliveries (:mod:`fabric.deliveries`): a first delivery that ends within
+:data:`fabric.starts.START_GRACE` seconds has its delivery counted with its final state, a longer one with
+its STARTED state, a redelivery before its body runs (see :mod:`fabric.starts`).
 
 Celery's Redis backend also subscribes to a pub/sub channel for every task a process sends (a round trip per
 message, and a connection that stays open), so that a later ``AsyncResult.get()`` wakes up at once. Neither
@@ -68,25 +69,51 @@ local function store_state(key, value, ttl)
 end
 """
 
-#: Store one state (KEYS[1]: the task's key; ARGV: the encoded meta, its TTL).
-STORE_STATE_LUA = STORE_STATE_FUNCTION + "return store_state(KEYS[1], ARGV[1], ARGV[2])\n"
-_store_state_script = LuaScript(STORE_STATE_LUA)
-
-#: Count one delivery (KEYS[2], ARGV[3]: the message's delivery counts and the attempt; ARGV[4]: their TTL)
-#: and store a state (KEYS[1], ARGV[1], ARGV[2]) in one script.
-STORE_STATE_AND_COUNT_LUA = (
+#: Count one delivery, store one state, or both, in one round trip: the one script that writes delivery
+#: counts and task states. KEYS[1]: the task's key, ARGV[1]: the encoded meta ('': store none), ARGV[2]: its
+#: TTL. KEYS[2]: the message's delivery counts, ARGV[3]: the attempt ('': count none), ARGV[4]: their TTL,
+#: ARGV[5]: the lowest the attempt's count may be after this delivery. Returns the attempt's count (0 when
+#: none was counted) and 1 when the state was stored (0 when a SUCCESS was kept, or none was given).
+COUNT_AND_STORE_LUA = (
     STORE_STATE_FUNCTION
     + """
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return store_state(KEYS[1], ARGV[1], ARGV[2])
+local count = 0
+if ARGV[3] ~= '' then
+  count = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  local minimum = tonumber(ARGV[5]) or 1
+  if count < minimum then
+    redis.call('HSET', KEYS[2], ARGV[3], minimum)
+    count = minimum
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+local stored = 0
+if ARGV[1] ~= '' then stored = store_state(KEYS[1], ARGV[1], ARGV[2]) end
+return {count, stored}
 """
 )
-_store_state_and_count_script = LuaScript(STORE_STATE_AND_COUNT_LUA)
+_count_and_store_script = LuaScript(COUNT_AND_STORE_LUA)
 
-#: Count one delivery alone (a task that ended without storing a state).
-COUNT_LUA = "redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\nredis.call('EXPIRE', KEYS[1], ARGV[2])\n"
-_count_script = LuaScript(COUNT_LUA)
+
+def count_and_store(
+    client: Any,
+    *,
+    state: tuple[str, str, int] | None = None,
+    count: DeliveryCount | None = None,
+    minimum: int = 1,
+) -> tuple[int, bool]:
+    """Count one delivery (``count``, raised to ``minimum``) and store a task state (``state``: its key, the
+    encoded meta and the TTL in seconds, 0 for none), either or both, in one round trip. Returns the
+    attempt's delivery count (0 when ``count`` is None) and whether the state was stored (a stored SUCCESS
+    is never replaced)."""
+    key, value, ttl = state or ("", "", 0)
+    counts_key, attempt, counts_ttl = (count.key, str(count.attempt), count.ttl) if count else ("", "", 0)
+    # Both keys are always declared (a script may touch only the keys it is given); a missing one repeats
+    # the other, which the script then leaves alone.
+    keys = [key or counts_key, counts_key or key]
+    reply = _count_and_store_script(client, keys=keys, args=[value, ttl, attempt, counts_ttl, minimum])
+    delivered, stored = reply
+    return int(delivered), bool(int(stored))
 
 
 def text(value: str | bytes) -> str:
@@ -172,11 +199,7 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         return result
 
     def _store_state(self, key: Any, value: Any, ttl: int, count: DeliveryCount | None = None) -> Any:
-        if count is None:
-            return _store_state_script(self.client, keys=[key], args=[value, ttl])
-        return _store_state_and_count_script(
-            self.client, keys=[key, count.key], args=[value, ttl, count.attempt, count.ttl]
-        )
+        return count_and_store(self.client, state=(text(key), text(value), ttl), count=count)
 
     def process_cleanup(self) -> None:
         # After every task: a first delivery that stored no state (Ignore, Reject, ignore_result) is counted
@@ -187,4 +210,4 @@ class RedisResultBackend(RedisBackend):  # type: ignore[misc]  # Celery ships no
         super().process_cleanup()
 
     def _count(self, count: DeliveryCount) -> Any:
-        return _count_script(self.client, keys=[count.key], args=[count.attempt, count.ttl])
+        return count_and_store(self.client, count=count)

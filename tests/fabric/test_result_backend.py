@@ -15,7 +15,8 @@ from celery.app.task import Context
 
 from config import get_settings
 from fabric import celery_config, deliveries
-from fabric.result_backend import RedisResultBackend
+from fabric.result_backend import RedisResultBackend, count_and_store
+from fabric.starts import DeliveryCount
 from tests.support.roundtrips import RoundTrips
 
 
@@ -126,3 +127,24 @@ def test_started_with_the_delivery_count_is_one_script_and_celerys_own_meta(
     assert deliveries.count_delivery_and_start(redis_client, "t-6", 0, 60, key, meta, 120) == 3
     assert _stored(redis_client, "t-6")["status"] == "SUCCESS"
     app.close()
+
+
+def test_one_script_counts_stores_or_does_both(redis_client: redis.Redis) -> None:
+    count = DeliveryCount(deliveries.deliveries_key("t-7"), attempt=0, ttl=60)
+    key = "celery-task-meta-t-7"
+    started = json.dumps({"status": "STARTED", "task_id": "t-7"})
+    # Count alone (a task that stored no state), then raised to a minimum (a redelivery).
+    assert count_and_store(redis_client, count=count) == (1, False)
+    assert count_and_store(redis_client, count=count, minimum=5) == (5, False)
+    assert redis_client.get(key) is None
+    # Store alone, then both: a state with its count.
+    assert count_and_store(redis_client, state=(key, started, 120)) == (0, True)
+    assert 0 < redis_client.ttl(key) <= 120
+    success = json.dumps({"status": "SUCCESS", "task_id": "t-7"})
+    assert count_and_store(redis_client, state=(key, success, 0), count=count) == (6, True)
+    assert redis_client.ttl(key) == -1  # no TTL: kept
+    # A stored SUCCESS is never replaced, and the delivery is still counted.
+    assert count_and_store(redis_client, state=(key, started, 120), count=count) == (7, False)
+    assert _stored(redis_client, "t-7")["status"] == "SUCCESS"
+    assert deliveries.attempts(redis_client, "t-7") == 7
+    assert 0 < redis_client.ttl(count.key) <= 60
