@@ -4,9 +4,14 @@ Layout (the guide's):
 
 * bucket ``workflows``: ``workflows/{workflow_id}.json`` - the definition;
 * bucket ``workflow-artifacts``: ``executions/{execution_id}/result.json`` - the execution record, and
-  ``executions/{execution_id}/{name}`` - output files; plus ``by-workflow/{workflow_id}/{execution_id}``, an
-  empty marker that lets ``list_executions(workflow_id)`` list one workflow's executions without reading
-  every record. The marker is written before the record, so a record never exists without its marker.
+  ``executions/{execution_id}/{name}`` - output files.
+
+One object per execution record: storing an execution is one write (two, with its running record). To list
+one workflow's executions at scale, ask the search index (``search_executions(workflow_id=...)``, ``GET
+/search/executions?workflow_id=``), which the follow-up of every execution fills; ``list_executions`` reads
+every record. Earlier versions also wrote an empty marker per execution, ``by-workflow/{workflow_id}/
+{execution_id}``, an object created and fsynced on every execution for a listing no request used; markers
+left by them are removed with their execution.
 
 Every write is keyed by a stable id, so saving the same thing twice changes nothing (redelivered tasks).
 """
@@ -56,6 +61,7 @@ def result_object(execution_id: str) -> str:
 
 
 def _marker(workflow_id: str, execution_id: str) -> str:
+    """The listing marker earlier versions wrote for each execution (none is written now)."""
     return f"by-workflow/{_check_id('workflow id', workflow_id)}/{_check_id('execution id', execution_id)}"
 
 
@@ -133,21 +139,9 @@ class WorkflowRepository:
 
     # --- execution records ------------------------------------------------------------------------------
 
-    def save_execution(self, record: ExecutionRecord, *, listed: bool = False) -> str:
+    def save_execution(self, record: ExecutionRecord) -> str:
         """Store ``record`` as ``executions/{id}/result.json`` (replacing an earlier version). Returns the
-        object name.
-
-        The record is also listed under its workflow (an empty marker object, written before the record so
-        a stored record is always listed). ``listed=True`` says this process stored a version of the same
-        record already, which wrote the marker: one write instead of two (the final record of an
-        execution whose ``running`` record was stored)."""
-        if not listed:
-            self.storage.upload_file(
-                ARTIFACTS_BUCKET,
-                _marker(record.workflow_id, record.execution_id),
-                b"",
-                "application/octet-stream",
-            )
+        object name."""
         name = result_object(record.execution_id)
         self.storage.upload_file(
             ARTIFACTS_BUCKET, name, record.model_dump_json(indent=2).encode("utf-8"), "application/json"
@@ -179,18 +173,12 @@ class WorkflowRepository:
         )
 
     def list_executions(self, workflow_id: str | None = None) -> list[ExecutionRecord]:
-        """Stored records (of one workflow if ``workflow_id`` is given), oldest start first."""
+        """Stored records (of one workflow if ``workflow_id`` is given), oldest start first. Reads every
+        record; the search index lists one workflow's executions without that."""
         if workflow_id is not None:
-            prefix = f"by-workflow/{_check_id('workflow id', workflow_id)}/"
-            ids = [name[len(prefix) :] for name in self.storage.list_files(ARTIFACTS_BUCKET, prefix)]
-        else:
-            ids = [
-                name.split("/")[1]
-                for name in self.storage.list_files(ARTIFACTS_BUCKET, "executions/")
-                if name.endswith("/" + RESULT_NAME) and name.count("/") == 2
-            ]
+            _check_id("workflow id", workflow_id)
         records = []
-        for execution_id in ids:
+        for execution_id in self.list_execution_ids():
             record = self.get_execution(execution_id)
             if record is not None and (workflow_id is None or record.workflow_id == workflow_id):
                 records.append(record)
@@ -203,7 +191,7 @@ class WorkflowRepository:
         # the record goes last among the execution's objects: while it exists the execution is listed
         for name in sorted(names, key=lambda n: n.endswith("/" + RESULT_NAME)):
             self.storage.delete_file(ARTIFACTS_BUCKET, name)
-        if record is not None:
+        if record is not None:  # the listing marker an earlier version may have written
             self.storage.delete_file(ARTIFACTS_BUCKET, _marker(record.workflow_id, execution_id))
         return record is not None
 

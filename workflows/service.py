@@ -7,8 +7,8 @@ again from the start and overwrites it: one record per id, ending completed, fai
 
 The running record is stored once an execution has run :data:`RUNNING_RECORD_AFTER` seconds (while its
 steps go on), not before every execution: most executions end within milliseconds, and their running record
-would be replaced before anybody could read it, at the cost of a file write (a third of what storing an
-execution cost). A worker killed before that leaves no record; the redelivery runs the execution, as it
+would be replaced before anybody could read it, at the cost of a file write (half of what storing an
+execution costs). A worker killed before that leaves no record; the redelivery runs the execution, as it
 does for a record left running.
 
 Each finished execution is counted in the fleet's metrics (:func:`services.metrics.record_execution`) once
@@ -72,16 +72,15 @@ def run_execution(
         input_data = {}
     if not isinstance(input_data, dict):
         raise InvalidInput(f"input_data must be a JSON object, got {type(input_data).__name__}")
-    running = _RunningRecord(repo)
     record = run_engine.run(
         plan,
         input_data,
         execution_id=execution_id,
         should_cancel=should_cancel,
         on_step=on_step,
-        running_for=None if record_running is None else (record_running, running.store),
+        running_for=None if record_running is None else (record_running, _RunningRecord(repo).store),
     )
-    repo.save_execution(record, listed=running.stored)  # a running record stored wrote the marker
+    repo.save_execution(record)
     count_execution(record)
     return record, True
 
@@ -108,16 +107,13 @@ def count_execution(record: ExecutionRecord) -> bool:
 
 class _RunningRecord:
     """Stores an execution's running record when the engine says it has run long enough. A failure to
-    store it is logged and does not stop the execution: its final record is stored (and listed) anyway."""
+    store it is logged and does not stop the execution: its final record is stored anyway."""
 
     def __init__(self, repo: WorkflowRepository) -> None:
         self.repo = repo
-        self.stored = False
 
     def store(self, record: ExecutionRecord) -> None:
         try:
             self.repo.save_execution(record)
         except Exception as exc:
             logger.warning("could not store the running record of %s: %s", record.execution_id, exc)
-            return
-        self.stored = True

@@ -74,6 +74,19 @@ def test_execution_round_trip_and_listing(repo: WorkflowRepository, storage: Loc
     # idempotent: saving the same record again leaves one record
     repo.save_execution(records[0])
     assert len(repo.list_executions(workflow_id="one")) == 2
+    # one object per record: no listing marker
+    assert storage.list_files(ARTIFACTS_BUCKET, "by-workflow/") == []
+
+
+def test_a_marker_an_earlier_version_wrote_goes_with_its_execution(
+    repo: WorkflowRepository, storage: LocalStorage
+) -> None:
+    workflow = make_workflow(NODES, [("in", "up")], id="old")
+    repo.save_execution(execute_workflow(workflow, {"name": "a"}, execution_id="e-old"))
+    storage.upload_file(ARTIFACTS_BUCKET, "by-workflow/old/e-old", b"", "application/octet-stream")
+    assert [r.execution_id for r in repo.list_executions(workflow_id="old")] == ["e-old"]
+    assert repo.delete_execution("e-old")
+    assert storage.list_files(ARTIFACTS_BUCKET) == []
 
 
 def test_artifacts(repo: WorkflowRepository) -> None:

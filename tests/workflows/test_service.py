@@ -92,7 +92,7 @@ def test_cancelled_execution_is_stored_as_cancelled(repo: WorkflowRepository) ->
     assert CountingStep.calls == 0
 
 
-def test_an_execution_writes_its_running_record_its_marker_and_its_final_record_once_each(
+def test_an_execution_writes_its_record_once_or_its_running_record_and_its_record(
     repo: WorkflowRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     save(repo)
@@ -105,19 +105,17 @@ def test_an_execution_writes_its_running_record_its_marker_and_its_final_record_
 
     monkeypatch.setattr(repo.storage, "upload_file", recording)
     run_execution("wf", {"a": 1}, execution_id="x-9", repository=repo, record_running=0)
-    assert written == ["by-workflow/wf/x-9", "executions/x-9/result.json", "executions/x-9/result.json"]
-    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-9"]
-    # Without a running record first, the final save lists the execution itself.
+    assert written == ["executions/x-9/result.json", "executions/x-9/result.json"]
     written.clear()
     run_execution("wf", {"a": 2}, execution_id="x-10", repository=repo, record_running=None)
-    assert written == ["by-workflow/wf/x-10", "executions/x-10/result.json"]
-    assert {r.execution_id for r in repo.list_executions(workflow_id="wf")} == {"x-9", "x-10"}
+    assert written == ["executions/x-10/result.json"]
     # By default an execution that ends within RUNNING_RECORD_AFTER stores no running record.
     written.clear()
     record, _ = run_execution("wf", {"a": 3}, execution_id="x-11", repository=repo)
     assert record.duration_ms is not None and record.duration_ms < RUNNING_RECORD_AFTER * 1000
-    assert written == ["by-workflow/wf/x-11", "executions/x-11/result.json"]
+    assert written == ["executions/x-11/result.json"]
     assert CountingStep.seen_running[-1] is None
+    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-9", "x-10", "x-11"]
 
 
 def test_a_longer_execution_is_visible_as_running_while_it_runs(repo: WorkflowRepository) -> None:
@@ -148,6 +146,5 @@ def test_a_running_record_that_cannot_be_stored_does_not_stop_the_execution(
     monkeypatch.setattr(repo.storage, "upload_file", first_fails)
     record, ran = run_execution("wf", {}, execution_id="x-13", repository=repo)
     assert ran and record.status is ExecutionStatus.COMPLETED
-    # the failed running record wrote no marker, so the final save wrote it
-    assert calls == ["by-workflow/wf/x-13", "by-workflow/wf/x-13", "executions/x-13/result.json"]
-    assert [r.execution_id for r in repo.list_executions(workflow_id="wf")] == ["x-13"]
+    assert calls == ["executions/x-13/result.json", "executions/x-13/result.json"]  # running, then final
+    assert repo.get_execution("x-13") == record
