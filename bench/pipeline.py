@@ -100,14 +100,14 @@ def _start(workers: list[WorkerProcess], app: Any) -> None:
         worker.wait_ready(app, timeout=120)
 
 
-#: The parts of a run whose CPU time is read: the fleet's two workers (main process, pool), this producer
-#: and Redis.
-CPU_PARTS = ("exec main", "exec pool", "index main", "index pool", "producer", "redis")
+#: The parts of a run whose CPU time is read: the execution worker (main process, pool processes), the
+#: index worker (one process: its threads pool runs in it), this producer and Redis.
+CPU_PARTS = ("exec main", "exec pool", "index worker", "producer", "redis")
 
 
 def _cpu(workers: list[WorkerProcess], redis_pid: int) -> dict[str, float]:
     (exec_main, exec_pool), (index_main, index_pool) = (worker_cpu(worker) for worker in workers)
-    values = (exec_main, exec_pool, index_main, index_pool, cpu_seconds(os.getpid()), cpu_seconds(redis_pid))
+    values = (exec_main, exec_pool, index_main + index_pool, cpu_seconds(os.getpid()), cpu_seconds(redis_pid))
     return dict(zip(CPU_PARTS, values, strict=True))
 
 

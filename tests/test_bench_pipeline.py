@@ -28,3 +28,9 @@ def test_pipeline_benchmark_smoke() -> None:
     assert "ratio ours/bare" in text and "writes alone" in text
     assert "ratio ours/lean canvas (target >= 0.85)" in text
     assert "executions/s (target >= 100)" in text
+    # Where the CPU went, per process, for each kind.
+    assert "CPU milliseconds per pipeline" in text
+    for kind in ("lean", "bare", "ours"):
+        cpu = results[kind].cpu_ms
+        assert set(cpu) == set(pipeline.CPU_PARTS)
+        assert min(cpu.values()) >= 0 and cpu["exec pool"] > 0 and cpu["index worker"] > 0
