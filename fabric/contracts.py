@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from config.queues import WORK_QUEUES, Queue
@@ -55,6 +55,7 @@ class LogEntryDoc(Document):
 
 
 ExecutionStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+FINISHED_STATUSES = ("completed", "failed", "cancelled")
 
 
 class ExecutionDoc(Document):
@@ -94,6 +95,16 @@ class IndexAndCountExecution(Payload):
 
     action: Literal["index_and_count_execution"]
     execution: ExecutionDoc
+
+    @field_validator("execution")
+    @classmethod
+    def _finished(cls, execution: ExecutionDoc) -> ExecutionDoc:
+        if execution.status not in FINISHED_STATUSES:
+            raise ValueError(
+                f"status is {execution.status!r}: only a finished execution "
+                f"({', '.join(FINISHED_STATUSES)}) is counted; send index_execution to index one that is not"
+            )
+        return execution
 
 
 class IndexLog(Payload):

@@ -54,6 +54,14 @@ def depths(mq: MessageQueue) -> dict[str, int]:
         ),
         ("indexing_tasks", {"action": "index_workflow", "workflow": {"id": "w"}}, "payload.workflow.name"),
         (
+            "indexing_tasks",
+            {
+                "action": "index_and_count_execution",
+                "execution": {"id": "e", "workflow_id": "w", "status": "running"},
+            },
+            "payload.execution: Value error, status is 'running': only a finished execution",
+        ),
+        (
             "workflow_execution",
             {"workflow_id": "x", "input_data": {"when": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}},
             "payload.input_data.when: a datetime is not JSON; send an ISO 8601 string",
