@@ -72,13 +72,22 @@ def run_execution(
         input_data = {}
     if not isinstance(input_data, dict):
         raise InvalidInput(f"input_data must be a JSON object, got {type(input_data).__name__}")
+
+    def store_running(running: ExecutionRecord) -> None:
+        # Called by the engine, in its thread, once the execution has run ``record_running`` seconds. A
+        # running record that cannot be stored does not stop the execution: its final record is stored.
+        try:
+            repo.save_execution(running)
+        except Exception as exc:
+            logger.warning("could not store the running record of %s: %s", execution_id, exc)
+
     record = run_engine.run(
         plan,
         input_data,
         execution_id=execution_id,
         should_cancel=should_cancel,
         on_step=on_step,
-        running_for=None if record_running is None else (record_running, _RunningRecord(repo).store),
+        running_for=None if record_running is None else (record_running, store_running),
     )
     repo.save_execution(record)
     count_execution(record)
@@ -103,17 +112,3 @@ def count_execution(record: ExecutionRecord) -> bool:
         steps,
         finished_at=record.completed_at.timestamp() if record.completed_at else None,
     )
-
-
-class _RunningRecord:
-    """Stores an execution's running record when the engine says it has run long enough. A failure to
-    store it is logged and does not stop the execution: its final record is stored anyway."""
-
-    def __init__(self, repo: WorkflowRepository) -> None:
-        self.repo = repo
-
-    def store(self, record: ExecutionRecord) -> None:
-        try:
-            self.repo.save_execution(record)
-        except Exception as exc:
-            logger.warning("could not store the running record of %s: %s", record.execution_id, exc)
