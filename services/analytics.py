@@ -14,11 +14,12 @@ from typing import Any, cast
 import redis
 
 from fabric import keys
+from fabric.contracts import FINISHED_STATUSES
 from fabric.errors import BackendUnavailable, InvalidInput
 from fabric.redis_clients import get_redis
 
 PREFIX = keys.STATS
-STATUSES = ("completed", "failed", "cancelled")
+STATUSES = FINISHED_STATUSES  # only finished executions are counted
 
 # KEYS: seen set, counters hash, durations zset. ARGV: execution id, status, duration ms ('' if none),
 # finished-at timestamp (epoch seconds, '' if none).

@@ -73,6 +73,7 @@ from prometheus_client.registry import Collector
 from config import QUEUES, get_settings
 from config.settings import Settings
 from fabric import keys
+from fabric.contracts import FINISHED_STATUSES
 from fabric.errors import AppError, BackendUnavailable
 from fabric.redis_clients import LuaScript, get_redis
 from fabric.registry import PerProcess
@@ -91,7 +92,7 @@ EXECUTION_DURATION_INDEX = PREFIX + "execution_duration_workflows"
 STEP_DURATION_KEY = PREFIX + "step_duration:"  # + workflow id | step type
 STEP_DURATION_INDEX = PREFIX + "step_duration_series"
 COUNTED_KEY = PREFIX + "counted:"  # + execution id: set once the execution is counted
-EXECUTION_STATUSES = ("completed", "failed", "cancelled")
+EXECUTION_STATUSES = FINISHED_STATUSES
 
 #: Upper bounds of the duration histogram, seconds: from a sub-millisecond noop to the 300 s soft limit.
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

@@ -101,15 +101,13 @@ def _by_id(doc: Doc) -> str:
 
 
 def write_follow_ups(executions: list[Doc]) -> None:
-    """What follows many finished executions, in three bulk calls: count them (first, so an execution is
-    counted even if its documents are refused), index them, index their logs. Each call is idempotent (an
-    execution is counted once per id, documents are upserts), so a retry of the whole is safe."""
-    WorkflowStats().record_many((execution["workflow_id"], execution) for execution in executions)
-    search = get_search_service()
-    search.bulk_index_executions([execution_fields(execution) for execution in executions])
-    logs = {log_key(entry): entry for execution in executions for entry in execution.get("logs", [])}
-    if logs:
-        search.bulk_index_logs(list(logs.values()))
+    """What follows many finished executions, through the writers of the three actions it stands for:
+    count them (first, so an execution is counted even if its documents are refused), index them, index
+    their logs. Each is idempotent (an execution is counted once per id, documents are upserts), so a
+    retry of the whole is safe."""
+    _write(WRITERS["update_workflow_stats"], executions)
+    _write(WRITERS["index_execution"], [execution_fields(execution) for execution in executions])
+    _write(WRITERS["index_log"], [entry for execution in executions for entry in execution.get("logs", [])])
 
 
 WRITERS: dict[str, Writer] = {

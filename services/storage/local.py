@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 from fabric.errors import BackendUnavailable, ConfigurationError, InvalidInput, NotFound, PermanentError
@@ -61,6 +61,7 @@ from services.storage.base import (
 )
 
 _RESERVED = (".meta", ".tmp", ".locks")
+_T = TypeVar("_T")
 
 #: The extended attribute that holds an object's content type (the name freedesktop.org's shared MIME
 #: database reads).
@@ -319,26 +320,21 @@ class LocalStorage:
         NotFound naming bucket and object."""
         bucket, name, data_path, meta_path = self._paths(bucket_name, object_name)
         with _disk_errors(self.root, f"read of {bucket}/{name}"):
-            handle = self._open_data(bucket, name, data_path)
-            try:
-                content_type = self._content_type_of(handle)
-            except BaseException:
-                handle.close()
-                raise
+            content_type: str | None = None
+            if self._xattrs is not False:
+                handle = self._open_data(bucket, name, data_path)
+                content_type = self._guarded(handle, lambda: self._content_type_of(handle))
+                if content_type is None:
+                    handle.close()
             if content_type is None:
                 # No type on the file: a filesystem without extended attributes, or an object stored by an
-                # earlier version. Its sidecar is renamed in under the bucket's lock, so read both under it.
-                handle.close()
+                # earlier version. Its sidecar is renamed in under the bucket's lock, so read both under it;
+                # the file opened there may be a newer upload, with its type on it.
                 with self._bucket_lock(bucket, exclusive=False):
                     handle = self._open_data(bucket, name, data_path)
-                    try:
-                        meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-                    except FileNotFoundError:
-                        meta = {}  # a crash between the two renames: the bytes are whole, the type unknown
-                    except BaseException:
-                        handle.close()
-                        raise
-                content_type = str(meta.get("content_type") or DEFAULT_CONTENT_TYPE)
+                    content_type = self._guarded(
+                        handle, lambda: self._content_type_of(handle) or self._sidecar_type(meta_path)
+                    )
         stat = os.fstat(handle.fileno())
         info = ObjectInfo(
             bucket=bucket,
@@ -355,6 +351,23 @@ class LocalStorage:
             return data_path.open("rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise NotFound(f"object {bucket}/{name} does not exist") from exc
+
+    @staticmethod
+    def _guarded(handle: IO[bytes], read: Callable[[], _T]) -> _T:
+        """``read()``, closing ``handle`` if it raises."""
+        try:
+            return read()
+        except BaseException:
+            handle.close()
+            raise
+
+    @staticmethod
+    def _sidecar_type(meta_path: Path) -> str:
+        try:
+            meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            meta = {}  # a crash between the two renames: the bytes are whole, the type unknown
+        return str(meta.get("content_type") or DEFAULT_CONTENT_TYPE)
 
     @staticmethod
     def _content_type_of(handle: IO[bytes]) -> str | None:
