@@ -17,14 +17,26 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
 import tests.support.tasks  # noqa: F401 - registers the probe action with the producer
+from config import get_settings
+from config.settings import Settings
+from fabric import celery_config
 from fabric.producer import MessageQueue
 from tests.support.fleet import reset_process_clients
 from tests.support.servers import RabbitMQServer, wait_until
 from tests.support.tasks import runs_key
 
 BROKERS = ("redis", "rabbitmq")
+
+
+def configured_app(settings: Settings | None = None) -> Celery:
+    """A plain Celery app with the fleet's configuration (``celery_config.build``): its result backend,
+    transport and routes, without the worker's tasks. The caller closes it."""
+    app = Celery("fabric-test", set_as_current=False)
+    app.conf.update(celery_config.build(settings or get_settings()))
+    return app
 
 
 @pytest.fixture(scope="session")

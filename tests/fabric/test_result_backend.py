@@ -10,20 +10,15 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery, group, states
+from celery import group, states
 from celery.app.task import Context
 
 from config import get_settings
-from fabric import celery_config, deliveries
+from fabric import deliveries
 from fabric.result_backend import RedisResultBackend, count_and_store
 from fabric.starts import DeliveryCount
+from tests.fabric.conftest import configured_app
 from tests.support.roundtrips import RoundTrips
-
-
-def _app() -> Celery:
-    app = Celery("result-backend-test", set_as_current=False)
-    app.conf.update(celery_config.build(get_settings()))
-    return app
 
 
 def _stored(client: redis.Redis, task_id: str) -> dict[str, Any]:
@@ -35,7 +30,7 @@ def _stored(client: redis.Redis, task_id: str) -> dict[str, Any]:
 def test_the_worker_backend_stores_a_state_in_one_round_trip(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = _app()
+    app = configured_app()
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
     backend.store_result("t-0", {"warm": 1}, states.SUCCESS)  # loads the script once
@@ -49,7 +44,7 @@ def test_the_worker_backend_stores_a_state_in_one_round_trip(
 
 
 def test_a_stored_success_is_never_overwritten(redis_client: redis.Redis) -> None:
-    app = _app()
+    app = configured_app()
     app.backend.store_result("t-2", {"first": True}, states.SUCCESS)
     app.backend.store_result("t-2", None, states.STARTED)
     app.backend.store_result("t-2", ValueError("late failure"), states.FAILURE)
@@ -59,7 +54,7 @@ def test_a_stored_success_is_never_overwritten(redis_client: redis.Redis) -> Non
 
 
 def test_every_state_is_published_to_the_keys_channel(redis_client: redis.Redis) -> None:
-    app = _app()
+    app = configured_app()
     pubsub = redis_client.pubsub()
     pubsub.subscribe("celery-task-meta-t-3")
     pubsub.get_message(timeout=2)  # the subscription confirmation
@@ -71,7 +66,7 @@ def test_every_state_is_published_to_the_keys_channel(redis_client: redis.Redis)
 
 
 def test_a_waiting_async_result_wakes_up(redis_client: redis.Redis) -> None:
-    app = _app()
+    app = configured_app()
     result = app.AsyncResult("t-4")
     timer = threading.Timer(0.3, lambda: app.backend.store_result("t-4", "done", states.SUCCESS))
     timer.start()
@@ -83,7 +78,7 @@ def test_a_waiting_async_result_wakes_up(redis_client: redis.Redis) -> None:
 def test_sending_a_task_subscribes_to_nothing(redis_client: redis.Redis) -> None:
     # Workers send follow-ups and producers send messages; neither waits on their results, so neither
     # holds a result subscription (Celery's own backend subscribes for every task sent).
-    app = _app()
+    app = configured_app()
     result = app.send_task("testing.nobody-runs-this", queue="analytics_tasks")
     members = group(app.signature("testing.nobody-runs-this", queue="analytics_tasks") for _ in range(3))
     sent = members.apply_async()  # as a worker sends an execution's follow-ups
@@ -97,7 +92,7 @@ def test_sending_a_task_subscribes_to_nothing(redis_client: redis.Redis) -> None
 
 
 def test_failures_are_stored_with_their_exception(redis_client: redis.Redis) -> None:
-    app = _app()
+    app = configured_app()
     app.backend.mark_as_failure("t-5", ValueError("bad field 'x'"))
     meta = _stored(redis_client, "t-5")
     assert meta["status"] == "FAILURE"
@@ -108,7 +103,7 @@ def test_failures_are_stored_with_their_exception(redis_client: redis.Redis) -> 
 def test_started_with_the_delivery_count_is_one_script_and_celerys_own_meta(
     redis_client: redis.Redis,
 ) -> None:
-    app = _app()
+    app = configured_app()
     backend = app.backend
     request = Context(id="t-6", task="analytics_tasks.noop", args=[], kwargs={"x": 1}, retries=0,
                       hostname="w1@host", delivery_info={"routing_key": "analytics_tasks"})  # fmt: skip

@@ -19,8 +19,7 @@ from fabric import deliveries, starts
 from fabric.producer import MessageQueue
 from fabric.result_backend import RedisResultBackend
 from fabric.starts import DeliveryCount, PendingStarts
-from tests.fabric.conftest import wait_for_state
-from tests.fabric.test_result_backend import _app
+from tests.fabric.conftest import configured_app, wait_for_state
 from tests.support.fleet import StartWorker
 from tests.support.roundtrips import RoundTrips
 from tests.support.servers import wait_until
@@ -146,7 +145,7 @@ def test_the_final_state_and_the_delivery_count_are_one_round_trip(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(starts.pending_starts, "grace", 30.0)  # no STARTED write races the test
-    app = _app()
+    app = configured_app()
     backend = app.backend
     assert isinstance(backend, RedisResultBackend)
     starts.pending_starts.begin("warm", deliveries.delivery_count("warm", 0, 60), Writes())
@@ -167,7 +166,7 @@ def test_a_task_that_stored_no_state_is_counted_when_its_process_cleans_up(
     redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(starts.pending_starts, "grace", 30.0)
-    app = _app()
+    app = configured_app()
     backend = app.backend
     starts.pending_starts.begin("t-2", deliveries.delivery_count("t-2", 1, 60), Writes())
     backend.process_cleanup()  # what the tracer calls after every task (here: one that raised Ignore)

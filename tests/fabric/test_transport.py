@@ -8,24 +8,17 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from kombu import Exchange, Producer
 from kombu import Queue as KombuQueue
 
 from config import get_settings
-from config.settings import Settings
 from fabric import celery_config, transport
-
-
-def _app(settings: Settings) -> Celery:
-    app = Celery("transport-test", set_as_current=False)
-    app.conf.update(celery_config.build(settings))
-    return app
+from tests.fabric.conftest import configured_app
 
 
 def test_redis_brokers_get_the_shared_client_channel_and_others_kombus_own() -> None:
     settings = get_settings()
-    app = _app(settings)
+    app = configured_app(settings)
     with app.connection_for_write() as conn:
         assert isinstance(conn.default_channel, transport.Channel)
     app.close()
@@ -47,7 +40,7 @@ def test_one_client_serves_every_publish_delivery_and_ack(
         return client
 
     monkeypatch.setattr(transport.Channel, "_create_client", counting)
-    app = _app(get_settings())
+    app = configured_app()
     exchange = Exchange("transport-test", type="direct")
     queue = KombuQueue("transport-test", exchange, routing_key="transport-test")
     with app.connection_for_write() as conn:
